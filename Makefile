@@ -1,0 +1,18 @@
+# Targets named in README.md. `make setup` is idempotent and quick once done.
+PY := .venv/bin/python
+
+.PHONY: setup test demo bench clean-demo
+setup:
+	bash tools/setup_env.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) train_net.py --config-file configs/demo/pseudo_iou_R_18_FPN_demo.yaml OUTPUT_DIR output/demo_pseudo_iou
+
+bench: setup
+	$(PY) benchmarks/benchmark.py --output benchmarks/results
+
+clean-demo:
+	rm -rf output/demo_*

@@ -1,0 +1,146 @@
+"""``AnchorFreeDetector``: what Pseudo-IoU and AutoAssign share on top of Detectron2's
+``DenseDetector``: one point per feature-map cell, the :class:`AnchorFreeHead` outputs, and
+FCOS-style inference (threshold, top-k per level, decode, class-aware NMS, detection cap)
+through Detectron2's decode helpers. Subclasses implement ``forward_training`` and
+``inference_scores``; label assignment never runs at test time.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from detectron2.layers import batched_nms
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.modeling.box_regression import Box2BoxTransformLinear
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import Boxes, ImageList, Instances
+
+__all__ = ["AnchorFreeDetector", "build_point_generator"]
+
+
+def build_point_generator(strides: List[int], offset: float) -> DefaultAnchorGenerator:
+    """
+    Points as stride-sized square "anchors" (Detectron2's FCOS pattern): the centre of the
+    anchor at cell (i, j) of level l is ((j + offset) * s_l, (i + offset) * s_l).
+    offset 0.5 puts points at cell centres (Pseudo-IoU/mmdet), 0.0 at cell corners (AutoAssign).
+    """
+    return DefaultAnchorGenerator(
+        sizes=[[s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=offset
+    )
+
+
+class AnchorFreeDetector(DenseDetector):
+    """
+    Base of both meta-architectures. Box regression is ltrb distances in units of the level's
+    stride, decoded by ``Box2BoxTransformLinear(normalize_by_size=True)`` around the points
+    (stride-sized anchors), so ``box2box_transform.apply_deltas(ltrb, anchors)`` gives pixels.
+
+    Subclasses set in ``__init__`` (after ``super().__init__``): nothing beyond the arguments.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone,
+        head,
+        head_in_features: List[str],
+        point_generator: DefaultAnchorGenerator,
+        num_classes: int,
+        test_score_thresh: float,
+        test_topk_candidates: int,
+        test_nms_thresh: float,
+        max_detections_per_image: int,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        input_format: str = "BGR",
+        vis_period: int = 0,
+    ):
+        super().__init__(
+            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
+        self.point_generator = point_generator
+        self.num_classes = num_classes
+        self.box2box_transform = Box2BoxTransformLinear(normalize_by_size=True)
+        # Names read by DenseDetector's decode helpers on Detectron2 v0.6 (spec §3 row 2).
+        self.test_score_thresh = test_score_thresh
+        self.test_topk_candidates = test_topk_candidates
+        self.test_nms_thresh = test_nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+        self.input_format = input_format
+        self.vis_period = vis_period
+
+    @property
+    def strides(self) -> List[int]:
+        return [int(s) for s in self.point_generator.strides]
+
+    def transpose_head_outputs(
+        self, predictions: Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]]]
+    ) -> Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]]]:
+        """(N, C, Hi, Wi) per level -> (N, Hi*Wi, C) per level, for (cls, ltrb, quality)."""
+        cls_logits, box_ltrb, quality_logits = predictions
+        if quality_logits is None:
+            cls_logits, box_ltrb = self._transpose_dense_predictions(
+                [cls_logits, box_ltrb], [self.num_classes, 4]
+            )
+        else:
+            cls_logits, box_ltrb, quality_logits = self._transpose_dense_predictions(
+                [cls_logits, box_ltrb, quality_logits], [self.num_classes, 4, 1]
+            )
+        return cls_logits, box_ltrb, quality_logits
+
+    def inference_scores(self, cls_logits: Tensor, quality_logits: Optional[Tensor]) -> Tensor:
+        """
+        Args:
+            cls_logits: (R, K) of one level and image; quality_logits: (R, 1) or None.
+        Returns:
+            (R, K) scores; entries <= ``test_score_thresh`` are dropped before top-k.
+        """
+        raise NotImplementedError
+
+    def forward_inference(
+        self,
+        images: ImageList,
+        features: List[Tensor],
+        predictions: Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]]],
+    ) -> List[Instances]:
+        cls_logits, box_ltrb, quality_logits = self.transpose_head_outputs(predictions)
+        points = self.point_generator(features)
+        results: List[Instances] = []
+        for img_idx, image_size in enumerate(images.image_sizes):
+            scores = [
+                self.inference_scores(
+                    cls_l[img_idx], None if quality_logits is None else quality_logits[l][img_idx]
+                )
+                for l, cls_l in enumerate(cls_logits)
+            ]
+            ltrb = [x[img_idx] for x in box_ltrb]
+            results.append(self.inference_single_image(points, scores, ltrb, image_size))
+        return results
+
+    def inference_single_image(
+        self,
+        points: List[Boxes],
+        scores: List[Tensor],
+        box_ltrb: List[Tensor],
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """
+        Args:
+            points: per level, Boxes (Ri, 4) of stride-sized squares around the points.
+            scores: per level (Ri, K); box_ltrb: per level (Ri, 4) in stride units.
+        Returns:
+            Instances with pred_boxes, scores, pred_classes; at most
+            ``max_detections_per_image``, sorted by decreasing score.
+        """
+        pred = self._decode_multi_level_predictions(
+            points,
+            scores,
+            box_ltrb,
+            self.test_score_thresh,
+            self.test_topk_candidates,
+            image_size,
+        )
+        keep = batched_nms(
+            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
+        )
+        return pred[keep[: self.max_detections_per_image]]
