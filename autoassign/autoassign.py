@@ -1,0 +1,401 @@
+"""AutoAssign: Differentiable Label Assignment for Dense Object Detection (Zhu et al., 2020),
+as released by its authors (cvpods, 40.5 AP R-50 1x), on Detectron2's ``DenseDetector``.
+
+Spec: ``algorithms.md`` Part B. The loss is computed on the in-box (object, location) pairs only
+(spec B14, :mod:`autoassign.loss`); memory and time grow with their number, not with G x L.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from anchor_free.distributed import reduce_mean
+from anchor_free.head import AnchorFreeHead
+from anchor_free.meta_arch import AnchorFreeDetector, build_point_generator
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.structures import ImageList, Instances
+
+from .center_prior import CenterPrior
+from .config import CENTER_PRIOR_CHOICES, CONFIDENCE_CHOICES, OBJECTNESS_CHOICES, check_choice
+from .loss import (
+    EPS,
+    InboxPairs,
+    PositiveTerms,
+    center_offsets,
+    explicit_objectness_loss,
+    inbox_pairs,
+    localization_likelihood,
+    location_strides,
+    negative_bag_loss,
+    negative_box_prob,
+    positive_terms,
+)
+
+__all__ = ["AutoAssign"]
+
+
+@META_ARCH_REGISTRY.register()
+class AutoAssign(AnchorFreeDetector):
+    """
+    ResNet-FPN P3-P7 + :class:`AnchorFreeHead` (conv bias, GN, prior 0.02, box bias 4.0, ImpObj on
+    the box tower) + a learnable center prior. Points sit at (j * s, i * s) (no half-stride
+    offset); predicted boxes are ``ReLU(Scale_l(conv)) * stride`` ltrb around them.
+
+    Training losses (spec B5-B8), G objects summed over the batch and all-reduced over workers:
+
+    * ``loss_pos = alpha * sum_objects -log(sum_i w+_i P+_i) / max(1, mean #objects per worker)``
+    * ``loss_neg = (1 - alpha) * sum_{loc, class} FL(P(cls) * w-) / max(1, mean in-box prior mass)``
+    * ``loss_norm = NORM_LOSS_WEIGHT * mean_images(#objects / sum of the in-box prior)``
+    * ``loss_obj`` (only with explicit objectness): BCE of the objectness, 1 inside any box.
+
+    Edge cases (the release divides by a 1e-12 clamp there, spec B12/B13):
+
+    * an object without any location strictly inside its box (narrower than the P3 grid step)
+      has no candidates: it adds 0 to ``loss_pos`` (the release adds a constant 100 without
+      gradient) but still counts in the ``loss_pos`` normaliser and in ``loss_norm``'s numerator;
+    * an image whose objects have no in-box location at all, or no objects, adds 0 to the
+      ``loss_norm`` mean (the release gives #objects / 1e-12, or crashes on 0 objects); its
+      locations are all negatives with w- = 1;
+    * zero-valued terms keep the box branch and mu/sigma in the graph, so every loss is finite
+      and every parameter gets a (possibly zero) gradient on every worker.
+
+    At test time only ``inference_scores`` (cls x obj, no square root) and the base class's
+    threshold / top-k / decode / class-aware NMS run; no weighting or assignment code does.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: nn.Module,
+        head_in_features: List[str],
+        point_generator,
+        center_prior: CenterPrior,
+        num_classes: int,
+        confidence: str = "joint",
+        objectness: str = "implicit",
+        tau: float = 1.0 / 3.0,
+        loc_lambda: float = 5.0,
+        use_pos_weights: bool = True,
+        use_neg_weights: bool = True,
+        norm_loss_weight: float = 0.75,
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
+        test_score_thresh: float = 0.05,
+        test_topk_candidates: int = 1000,
+        test_nms_thresh: float = 0.6,
+        max_detections_per_image: int = 100,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        input_format: str = "BGR",
+        vis_period: int = 0,
+    ):
+        """
+        Args:
+            backbone, head, head_in_features, point_generator, num_classes, test_*,
+                max_detections_per_image, pixel_mean, pixel_std, input_format, vis_period:
+                see :class:`AnchorFreeDetector`. ``head`` must return objectness logits unless
+                ``objectness == "none"``.
+            center_prior: the center weighting module (owns mu and sigma).
+            confidence: "joint", "cls_only", "loc_only" or "none" (see ``positive_terms``).
+            objectness: "implicit", "none" or "explicit".
+            tau: temperature of exp(P / tau), > 0.
+            loc_lambda: lambda of P(loc) = exp(-lambda * GIoU loss).
+            use_pos_weights, use_neg_weights: w+ and w- on (True) or uniform / 1 (False).
+            norm_loss_weight: weight of loss_norm.
+            focal_loss_alpha: loss_pos x alpha, loss_neg x (1 - alpha).
+            focal_loss_gamma: focal exponent of the negative loss.
+        """
+        super().__init__(
+            backbone=backbone,
+            head=head,
+            head_in_features=head_in_features,
+            point_generator=point_generator,
+            num_classes=num_classes,
+            test_score_thresh=test_score_thresh,
+            test_topk_candidates=test_topk_candidates,
+            test_nms_thresh=test_nms_thresh,
+            max_detections_per_image=max_detections_per_image,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            input_format=input_format,
+            vis_period=vis_period,
+        )
+        check_choice("confidence", confidence, CONFIDENCE_CHOICES)
+        check_choice("objectness", objectness, OBJECTNESS_CHOICES)
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        self.center_prior = center_prior
+        self.confidence = confidence
+        self.objectness = objectness
+        self.tau = tau
+        self.loc_lambda = loc_lambda
+        self.use_pos_weights = use_pos_weights
+        self.use_neg_weights = use_neg_weights
+        self.norm_loss_weight = norm_loss_weight
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
+
+    @classmethod
+    def from_config(cls, cfg):
+        aa = cfg.MODEL.AUTOASSIGN
+        _validate_config(cfg)
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        missing = [f for f in aa.IN_FEATURES if f not in backbone_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.AUTOASSIGN.IN_FEATURES={list(aa.IN_FEATURES)} names {missing}, which "
+                f"the backbone {cfg.MODEL.BACKBONE.NAME} does not produce "
+                f"(it has {sorted(backbone_shape)})"
+            )
+        feature_shapes: List[ShapeSpec] = [backbone_shape[f] for f in aa.IN_FEATURES]
+        head = AnchorFreeHead(
+            input_shape=feature_shapes,
+            num_classes=aa.NUM_CLASSES,
+            num_convs=aa.NUM_CONVS,
+            norm=aa.NORM,
+            conv_bias=True,
+            prior_prob=aa.PRIOR_PROB,
+            bbox_bias_init=aa.BBOX_BIAS_INIT,
+            use_quality=aa.OBJECTNESS != "none",
+            quality_on_box_tower=True,
+        )
+        center_prior = CenterPrior(
+            aa.NUM_CLASSES,
+            mode=aa.CENTER_PRIOR,
+            mu_init=aa.MU_INIT,
+            sigma_init=aa.SIGMA_INIT,
+            freeze_mu=aa.FREEZE_MU,
+            freeze_sigma=aa.FREEZE_SIGMA,
+        )
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": list(aa.IN_FEATURES),
+            # Points at (j * s, i * s): the release's ShiftGenerator OFFSET = 0.0 (spec B2).
+            "point_generator": build_point_generator([s.stride for s in feature_shapes], 0.0),
+            "center_prior": center_prior,
+            "num_classes": aa.NUM_CLASSES,
+            "confidence": aa.CONFIDENCE,
+            "objectness": aa.OBJECTNESS,
+            "tau": aa.TAU,
+            "loc_lambda": aa.LOC_LAMBDA,
+            "use_pos_weights": aa.USE_POS_WEIGHTS,
+            "use_neg_weights": aa.USE_NEG_WEIGHTS,
+            "norm_loss_weight": aa.NORM_LOSS_WEIGHT,
+            "focal_loss_alpha": aa.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": aa.FOCAL_LOSS_GAMMA,
+            "test_score_thresh": aa.SCORE_THRESH_TEST,
+            "test_topk_candidates": aa.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": aa.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+            "vis_period": cfg.VIS_PERIOD,
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------------------------------
+    def dense_outputs(
+        self,
+        features: List[Tensor],
+        predictions: Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]]],
+    ) -> Dict[str, object]:
+        """
+        Head outputs of all levels concatenated, with the geometry the loss needs.
+
+        Returns a dict with:
+            grid_sizes: per level (H_l, W_l); points: (L, 2) pixels;
+            cls_prob: (N, L, K) sigmoid(cls); obj_logits: (N, L) or None;
+            confidence_prob: (N, L, K) P(cls) = sigmoid(cls) x sigmoid(obj) with implicit
+                objectness, sigmoid(cls) otherwise;
+            pred_ltrb: (N, L, 4) predicted distances in pixels (head output x stride).
+        """
+        cls_logits, box_ltrb, obj_logits = self.transpose_head_outputs(predictions)
+        grid_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
+        points = torch.cat([b.get_centers() for b in self.point_generator(features)], dim=0)
+        strides = location_strides(grid_sizes, self.strides, points.device)  # (L,)
+        cls_prob = torch.cat(cls_logits, dim=1).float().sigmoid()  # (N, L, K)
+        pred_ltrb = torch.cat(box_ltrb, dim=1).float() * strides[None, :, None]  # (N, L, 4)
+        obj = None if obj_logits is None else torch.cat(obj_logits, dim=1)[..., 0].float()
+        if self.objectness == "implicit":
+            confidence_prob = cls_prob * obj.sigmoid()[..., None]
+        else:
+            confidence_prob = cls_prob
+        return {
+            "grid_sizes": grid_sizes,
+            "points": points,
+            "cls_prob": cls_prob,
+            "obj_logits": obj,
+            "confidence_prob": confidence_prob,
+            "pred_ltrb": pred_ltrb,
+        }
+
+    def positive_terms_single_image(
+        self,
+        confidence_prob: Tensor,
+        pred_ltrb: Tensor,
+        gt_boxes: Tensor,
+        gt_classes: Tensor,
+        grid_sizes: List[Tuple[int, int]],
+    ) -> Tuple[InboxPairs, PositiveTerms]:
+        """
+        In-box pairs, center prior, confidences and positive weights of one image (spec B3-B5).
+
+        Args:
+            confidence_prob: (L, K) P(cls); pred_ltrb: (L, 4) pixels.
+            gt_boxes: (G, 4) XYXY pixels; gt_classes: (G,) long.
+        """
+        pairs = inbox_pairs(gt_boxes, grid_sizes, self.strides, self.point_generator.offset)
+        pair_classes = gt_classes[pairs.gt_idx]
+        prior = self.center_prior(center_offsets(pairs), pair_classes)
+        p_cls = confidence_prob[pairs.loc_idx, pair_classes]
+        p_loc = localization_likelihood(pred_ltrb[pairs.loc_idx], pairs.ltrb, self.loc_lambda)
+        terms = positive_terms(
+            p_cls=p_cls,
+            p_loc=p_loc,
+            prior=prior,
+            gt_idx=pairs.gt_idx,
+            num_gt=gt_boxes.shape[0],
+            confidence=self.confidence,
+            tau=self.tau,
+            use_pos_weights=self.use_pos_weights,
+        )
+        return pairs, terms
+
+    def forward_training(
+        self,
+        images: ImageList,
+        features: List[Tensor],
+        predictions: Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]]],
+        gt_instances: List[Instances],
+    ) -> Dict[str, Tensor]:
+        """
+        Args:
+            images: the batch; features: per level (N, C, H_l, W_l);
+            predictions: head outputs (cls, ltrb, objectness) per level;
+            gt_instances: per image, ``gt_boxes`` (G, 4) in input pixels and ``gt_classes`` (G,).
+        Returns:
+            dict with loss_pos, loss_neg, loss_norm (and loss_obj with explicit objectness).
+        """
+        out = self.dense_outputs(features, predictions)
+        confidence_prob, pred_ltrb = out["confidence_prob"], out["pred_ltrb"]
+        num_images, num_locations = pred_ltrb.shape[:2]
+        pos_losses, neg_losses, norm_terms = [], [], []
+        num_fg = pred_ltrb.new_zeros(())
+        num_bg = pred_ltrb.new_zeros(())
+        inside_any = pred_ltrb.new_zeros(num_images, num_locations)
+        for n, instances in enumerate(gt_instances):
+            gt_boxes = instances.gt_boxes.tensor.float()
+            gt_classes = instances.gt_classes.long()
+            self._check_ground_truth(gt_boxes, gt_classes, n)
+            pairs, terms = self.positive_terms_single_image(
+                confidence_prob[n], pred_ltrb[n], gt_boxes, gt_classes, out["grid_sizes"]
+            )
+            pos_losses.append(terms.loss.sum())
+            num_fg += gt_boxes.shape[0]
+            prior_sum = terms.prior.sum()
+            num_bg += prior_sum.detach()
+            if pairs.gt_idx.numel() > 0:
+                norm_terms.append(gt_boxes.shape[0] / prior_sum.clamp(min=EPS))
+            else:
+                norm_terms.append(prior_sum * 0.0)
+            neg_prob = confidence_prob[n]
+            if self.use_neg_weights:
+                box_prob, _ = negative_box_prob(
+                    points=out["points"],
+                    pred_ltrb=pred_ltrb[n].detach(),
+                    gt_boxes=gt_boxes,
+                    gt_classes=gt_classes,
+                    pairs=pairs,
+                    num_classes=self.num_classes,
+                )
+                neg_prob = neg_prob * (1.0 - box_prob)
+            neg_losses.append(negative_bag_loss(neg_prob, self.focal_loss_gamma).sum())
+            inside_any[n, pairs.loc_idx] = 1.0
+
+        num_fg = reduce_mean(num_fg).clamp(min=1.0)
+        num_bg = reduce_mean(num_bg).clamp(min=1.0)
+        # Zero-valued term: the box branch gets a gradient even when no object has pairs.
+        zero_box = pred_ltrb.sum() * 0.0
+        losses = {
+            "loss_pos": self.focal_loss_alpha * (torch.stack(pos_losses).sum() + zero_box) / num_fg,
+            "loss_neg": (1.0 - self.focal_loss_alpha) * torch.stack(neg_losses).sum() / num_bg,
+            "loss_norm": self.norm_loss_weight * torch.stack(norm_terms).mean()
+            + self.center_prior.zero_grad_term(pred_ltrb),
+        }
+        if self.objectness == "explicit":
+            losses["loss_obj"] = explicit_objectness_loss(out["obj_logits"], inside_any)
+        return losses
+
+    def _check_ground_truth(self, gt_boxes: Tensor, gt_classes: Tensor, image_index: int) -> None:
+        """Clear errors for ground truth the loss cannot use (instead of NaN or index errors)."""
+        if not torch.isfinite(gt_boxes).all():
+            bad = gt_boxes[~torch.isfinite(gt_boxes).all(dim=1)][0].tolist()
+            raise ValueError(f"Image {image_index} of the batch has a non-finite gt box {bad}")
+        if gt_classes.numel() and (
+            int(gt_classes.min()) < 0 or int(gt_classes.max()) >= self.num_classes
+        ):
+            raise ValueError(
+                f"Image {image_index} of the batch has gt_classes {gt_classes.unique().tolist()}"
+                f" outside [0, {self.num_classes}) (MODEL.AUTOASSIGN.NUM_CLASSES="
+                f"{self.num_classes})"
+            )
+
+    # ------------------------------------------------------------------------------------------
+    # Inference
+    # ------------------------------------------------------------------------------------------
+    def inference_scores(self, cls_logits: Tensor, quality_logits: Optional[Tensor]) -> Tensor:
+        """
+        Args:
+            cls_logits: (R, K); quality_logits: (R, 1) objectness logits or None.
+        Returns:
+            (R, K) sigmoid(cls) x sigmoid(obj) (no square root, spec B9); sigmoid(cls) without
+            an objectness branch.
+        """
+        scores = cls_logits.sigmoid()
+        if quality_logits is not None:
+            scores = scores * quality_logits.sigmoid()
+        return scores
+
+
+def _validate_config(cfg) -> None:
+    """Errors naming the key and value for AutoAssign settings the model cannot use."""
+    aa = cfg.MODEL.AUTOASSIGN
+    check_choice("MODEL.AUTOASSIGN.CENTER_PRIOR", aa.CENTER_PRIOR, CENTER_PRIOR_CHOICES)
+    check_choice("MODEL.AUTOASSIGN.CONFIDENCE", aa.CONFIDENCE, CONFIDENCE_CHOICES)
+    check_choice("MODEL.AUTOASSIGN.OBJECTNESS", aa.OBJECTNESS, OBJECTNESS_CHOICES)
+    positive = {
+        "MODEL.AUTOASSIGN.TAU": aa.TAU,
+        "MODEL.AUTOASSIGN.SIGMA_INIT": aa.SIGMA_INIT,
+        "MODEL.AUTOASSIGN.NUM_CLASSES": aa.NUM_CLASSES,
+        "MODEL.AUTOASSIGN.TOPK_CANDIDATES_TEST": aa.TOPK_CANDIDATES_TEST,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"{key} must be > 0, got {value}")
+    in_unit = {
+        "MODEL.AUTOASSIGN.PRIOR_PROB": (aa.PRIOR_PROB, False),
+        "MODEL.AUTOASSIGN.FOCAL_LOSS_ALPHA": (aa.FOCAL_LOSS_ALPHA, True),
+        "MODEL.AUTOASSIGN.NMS_THRESH_TEST": (aa.NMS_THRESH_TEST, True),
+    }
+    for key, (value, closed) in in_unit.items():
+        ok = 0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0
+        if not ok:
+            interval = "[0, 1]" if closed else "(0, 1)"
+            raise ValueError(f"{key} must be in {interval}, got {value}")
+    non_negative = {
+        "MODEL.AUTOASSIGN.LOC_LAMBDA": aa.LOC_LAMBDA,
+        "MODEL.AUTOASSIGN.FOCAL_LOSS_GAMMA": aa.FOCAL_LOSS_GAMMA,
+        "MODEL.AUTOASSIGN.NORM_LOSS_WEIGHT": aa.NORM_LOSS_WEIGHT,
+        "MODEL.AUTOASSIGN.NUM_CONVS": aa.NUM_CONVS,
+    }
+    for key, value in non_negative.items():
+        if not value >= 0:
+            raise ValueError(f"{key} must be >= 0, got {value}")

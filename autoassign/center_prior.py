@@ -1,0 +1,80 @@
+"""The center weighting of AutoAssign (paper Sec. 3.2, spec B4): a category-wise Gaussian of the
+offset between a location and its object's box centre, in strides of the location's level."""
+import torch
+from torch import Tensor, nn
+
+from .config import CENTER_PRIOR_CHOICES, check_choice
+
+__all__ = ["CenterPrior"]
+
+
+class CenterPrior(nn.Module):
+    """
+    ``G(d) = prod_{x, y} exp(-(d - mu_c)^2 / (2 sigma_c^2))`` (unnormalised, no 1/(sigma sqrt(2 pi))),
+    with ``d`` the signed offset (location - box centre) divided by the stride of the location's
+    FPN level.
+
+    Modes: ``per_class``: ``mu``, ``sigma`` are learnable (K, 2) parameters (released model);
+    ``shared``: one learnable (1, 2) pair for all classes; ``fixed``: (1, 2), frozen at the init;
+    ``none``: G = 1 (no parameters). ``freeze_mu``/``freeze_sigma`` freeze one of them.
+    Frozen values stay ``nn.Parameter`` with ``requires_grad=False`` so checkpoints have the same
+    keys in every mode. sigma is not clamped (as released): a sigma learned to 0 would give
+    0 or NaN; ``loss_norm`` keeps the prior mass inside boxes up, which prevents that in practice.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        mode: str = "per_class",
+        mu_init: float = 0.0,
+        sigma_init: float = 1.0,
+        freeze_mu: bool = False,
+        freeze_sigma: bool = False,
+    ):
+        """
+        Args:
+            num_classes: K, rows of mu and sigma in ``per_class`` mode.
+            mode: one of "none", "fixed", "shared", "per_class".
+            mu_init: initial mu on both axes, in strides.
+            sigma_init: initial sigma on both axes, in strides; must be > 0.
+            freeze_mu, freeze_sigma: keep that parameter at its init.
+        """
+        super().__init__()
+        check_choice("center prior mode", mode, CENTER_PRIOR_CHOICES)
+        if not sigma_init > 0:
+            raise ValueError(f"center prior sigma_init must be > 0, got {sigma_init}")
+        self.mode = mode
+        if mode == "none":
+            self.mu = None
+            self.sigma = None
+            return
+        rows = num_classes if mode == "per_class" else 1
+        self.mu = nn.Parameter(torch.full((rows, 2), float(mu_init)))
+        self.sigma = nn.Parameter(torch.full((rows, 2), float(sigma_init)))
+        if mode == "fixed" or freeze_mu:
+            self.mu.requires_grad_(False)
+        if mode == "fixed" or freeze_sigma:
+            self.sigma.requires_grad_(False)
+
+    def forward(self, offsets: Tensor, labels: Tensor) -> Tensor:
+        """
+        Args:
+            offsets: (M, 2) float, (x - cx, y - cy) / stride of the location's level.
+            labels: (M,) long, class of the object of each pair, in [0, K).
+        Returns:
+            (M,) prior weights in (0, 1]; all ones in mode "none".
+        """
+        if self.mu is None:
+            return offsets.new_ones(offsets.shape[0])
+        rows = labels if self.mu.shape[0] > 1 else torch.zeros_like(labels)
+        mu = self.mu[rows]  # (M, 2)
+        sigma = self.sigma[rows]  # (M, 2)
+        return torch.exp(-((offsets - mu) ** 2) / (2 * sigma**2)).prod(dim=1)
+
+    def zero_grad_term(self, like: Tensor) -> Tensor:
+        """``0 * (mu.sum() + sigma.sum())`` (a zero scalar like ``like`` without parameters):
+        keeps mu/sigma in the graph when no pair uses them (no in-box location in the batch),
+        so every distributed worker produces gradients for the same parameters."""
+        if self.mu is None:
+            return like.new_zeros(())
+        return (self.mu.sum() + self.sigma.sum()) * 0.0

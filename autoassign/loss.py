@@ -1,0 +1,314 @@
+"""AutoAssign's weighting and losses in the sparse form of spec B14.
+
+The released code (spec B3-B8) builds [G, L] and [G, L, 4] tensors for every image (G objects,
+L locations over all FPN levels). Only the M (object, location) pairs with the location strictly
+inside the object's box ever contribute, so everything here works on those pairs:
+
+* :func:`inbox_pairs` enumerates them from the regular point grids (box -> range of grid cells),
+  in O(M + G x levels) time and memory, in the same GT-major order as ``nonzero(inbox[G, L])``.
+* per-object sums and min/max use ``index_add_`` / ``scatter_reduce``;
+* the IoU max over all objects needed by the negative weights is computed only for the
+  locations inside some box, in chunks of bounded size.
+
+Naming: G objects, L locations (all levels, finest first, row-major), K classes, M pairs.
+Distances are in input pixels unless said otherwise.
+"""
+from typing import List, NamedTuple, Tuple
+
+import torch
+import torch.nn.functional as F
+from fvcore.nn import giou_loss
+from torch import Tensor
+
+from detectron2.structures import Boxes, pairwise_iou
+
+__all__ = [
+    "InboxPairs",
+    "PositiveTerms",
+    "location_strides",
+    "inbox_pairs",
+    "center_offsets",
+    "localization_likelihood",
+    "positive_terms",
+    "max_iou_over_gts",
+    "negative_box_prob",
+    "negative_bag_loss",
+    "explicit_objectness_loss",
+]
+
+# Clamp of the released code for divisions by sums and by (1 - IoU).
+EPS = 1e-12
+
+
+class InboxPairs(NamedTuple):
+    """The M (object, location) pairs with the location strictly inside the object's box,
+    sorted by object, then by location (the order of ``nonzero`` on a [G, L] mask)."""
+
+    gt_idx: Tensor  # (M,) long, object index in [0, G)
+    loc_idx: Tensor  # (M,) long, location index in [0, L)
+    ltrb: Tensor  # (M, 4) float, (x - x0, y - y0, x1 - x, y1 - y) in pixels, all > 0
+    stride: Tensor  # (M,) float, stride of the location's level
+
+
+class PositiveTerms(NamedTuple):
+    """Per-pair and per-object quantities of the positive loss (spec B4-B5)."""
+
+    prior: Tensor  # (M,) center weighting G(d)
+    p_pos: Tensor  # (M,) P+ = P(cls) * P(loc)
+    confidence_weight: Tensor  # (M,) C = exp(confidence / tau), ones without confidence
+    pos_weight: Tensor  # (M,) w+, sums to 1 over each object's pairs
+    bag: Tensor  # (G,) sum over the object's pairs of w+ * P+; 0 for objects without pairs
+    has_pairs: Tensor  # (G,) bool, object has at least one in-box location
+    loss: Tensor  # (G,) BCE(bag, 1) = -log(bag); 0 for objects without pairs (see below)
+
+
+def location_strides(
+    grid_sizes: List[Tuple[int, int]], strides: List[int], device: torch.device
+) -> Tensor:
+    """(L,) float: the stride of each location, levels concatenated finest first."""
+    return torch.cat(
+        [
+            torch.full((h * w,), float(s), device=device)
+            for (h, w), s in zip(grid_sizes, strides)
+        ]
+    )
+
+
+def inbox_pairs(
+    gt_boxes: Tensor, grid_sizes: List[Tuple[int, int]], strides: List[int], offset: float
+) -> InboxPairs:
+    """
+    All (object, location) pairs with the location strictly inside the box (spec B3: every
+    FPN level, no size range, no radius), without building a [G, L] mask.
+
+    Location (i, j) of level l is at ((j + offset) * s_l, (i + offset) * s_l) and has index
+    ``sum_{l' < l} H_l' W_l' + i * W_l + j`` (Detectron2's anchor-generator layout). For each box
+    and level the candidate cells are the grid range covering the box, widened by one cell; the
+    exact strict test ``min(l, t, r, b) > 0`` then keeps the inside ones, so the result equals
+    ``nonzero(ltrb.min(-1) > 0)`` of the dense [G, L, 4] targets.
+
+    Args:
+        gt_boxes: (G, 4) XYXY boxes in input pixels; must be finite.
+        grid_sizes: per level (H_l, W_l).
+        strides: per level stride s_l.
+        offset: point offset in cells (AutoAssign: 0.0).
+    Returns:
+        InboxPairs with M entries (M = 0 when no box contains a location).
+    """
+    device = gt_boxes.device
+    num_gt = gt_boxes.shape[0]
+    gt_range = torch.arange(num_gt, device=device)
+    x0, y0, x1, y1 = gt_boxes.unbind(dim=1)
+    gt_parts, loc_parts, ltrb_parts, stride_parts = [], [], [], []
+    level_start = 0
+    for (height, width), stride in zip(grid_sizes, strides):
+        # Widened candidate ranges, inclusive, clamped to the grid.
+        j_lo = torch.floor(x0 / stride - offset).clamp(0, width - 1).long()
+        j_hi = torch.ceil(x1 / stride - offset).clamp(0, width - 1).long()
+        i_lo = torch.floor(y0 / stride - offset).clamp(0, height - 1).long()
+        i_hi = torch.ceil(y1 / stride - offset).clamp(0, height - 1).long()
+        n_x = (j_hi - j_lo + 1).clamp(min=0)
+        n_y = (i_hi - i_lo + 1).clamp(min=0)
+        counts = n_x * n_y  # (G,)
+        gt_idx = torch.repeat_interleave(gt_range, counts)  # (T,)
+        block_start = torch.cumsum(counts, 0) - counts
+        k = torch.arange(gt_idx.shape[0], device=device) - block_start[gt_idx]
+        i = i_lo[gt_idx] + torch.div(k, n_x[gt_idx], rounding_mode="floor")
+        j = j_lo[gt_idx] + k % n_x[gt_idx]
+        px = (j.to(gt_boxes.dtype) + offset) * stride
+        py = (i.to(gt_boxes.dtype) + offset) * stride
+        ltrb = torch.stack(
+            [px - x0[gt_idx], py - y0[gt_idx], x1[gt_idx] - px, y1[gt_idx] - py], dim=1
+        )
+        keep = ltrb.min(dim=1).values > 0
+        gt_parts.append(gt_idx[keep])
+        loc_parts.append(level_start + i[keep] * width + j[keep])
+        ltrb_parts.append(ltrb[keep])
+        stride_parts.append(torch.full_like(px[keep], float(stride)))
+        level_start += height * width
+    gt_idx = torch.cat(gt_parts)
+    loc_idx = torch.cat(loc_parts)
+    order = torch.argsort(gt_idx * level_start + loc_idx)
+    return InboxPairs(
+        gt_idx[order], loc_idx[order], torch.cat(ltrb_parts)[order], torch.cat(stride_parts)[order]
+    )
+
+
+def center_offsets(pairs: InboxPairs) -> Tensor:
+    """(M, 2): ((l - r) / 2, (t - b) / 2) / stride = (x - cx, y - cy) in strides (spec B4)."""
+    ltrb = pairs.ltrb
+    offsets = torch.stack([ltrb[:, 0] - ltrb[:, 2], ltrb[:, 1] - ltrb[:, 3]], dim=1) / 2
+    return offsets / pairs.stride[:, None]
+
+
+def _ltrb_to_boxes(ltrb: Tensor) -> Tensor:
+    """(M, 4) ltrb distances -> (M, 4) XYXY boxes around the origin."""
+    return torch.cat([-ltrb[:, :2], ltrb[:, 2:]], dim=1)
+
+
+def localization_likelihood(pred_ltrb: Tensor, target_ltrb: Tensor, loc_lambda: float) -> Tensor:
+    """
+    P(loc) = exp(-lambda * GIoU loss) of each pair (paper Eq. 2, spec B5); not detached.
+
+    Args:
+        pred_ltrb: (M, 4) predicted distances (>= 0) at the pair's location, pixels.
+        target_ltrb: (M, 4) distances to the pair's box (> 0), pixels.
+    Returns:
+        (M,) in (0, 1].
+    """
+    loss = giou_loss(_ltrb_to_boxes(pred_ltrb), _ltrb_to_boxes(target_ltrb), reduction="none")
+    return torch.exp(-loc_lambda * loss)
+
+
+def positive_terms(
+    *,
+    p_cls: Tensor,
+    p_loc: Tensor,
+    prior: Tensor,
+    gt_idx: Tensor,
+    num_gt: int,
+    confidence: str,
+    tau: float,
+    use_pos_weights: bool,
+) -> PositiveTerms:
+    """
+    Positive weights and the positive bag loss of one image (paper Eq. 3, 4, 6; spec B5):
+    ``w+ = C(P) G / sum_{object's pairs} C(P) G`` with ``C(P) = exp(P / tau)`` and
+    ``loss_g = -log(sum w+ P+)``, ``P+ = P(cls) * P(loc)``. Nothing is detached.
+
+    ``confidence`` picks the P inside C: "joint" (P+), "cls_only" (P(cls)), "loc_only" (P(loc)),
+    "none" (C = 1: center weighting only). With ``use_pos_weights=False`` w+ is uniform over
+    the object's pairs. The bag always uses the joint P+ (it is the only box-regression signal).
+
+    Objects without any pair: the release gets bag = 0 and a constant BCE of 100 (torch's
+    log clamp) without gradient; here their loss is 0 (same gradients, finite and smaller value).
+
+    Args:
+        p_cls: (M,) classification confidence of the object's class at the location.
+        p_loc: (M,) localisation likelihood.
+        prior: (M,) center weighting.
+        gt_idx: (M,) object of each pair, sorted.
+        num_gt: G.
+    """
+    p_pos = p_cls * p_loc
+    if confidence == "joint":
+        conf = p_pos
+    elif confidence == "cls_only":
+        conf = p_cls
+    elif confidence == "loc_only":
+        conf = p_loc
+    else:
+        conf = None
+    confidence_weight = torch.ones_like(p_pos) if conf is None else torch.exp(conf / tau)
+    if use_pos_weights:
+        weight = confidence_weight * prior
+    else:
+        weight = torch.ones_like(p_pos)
+    denom = p_pos.new_zeros(num_gt).index_add(0, gt_idx, weight)
+    pos_weight = weight / denom[gt_idx].clamp(min=EPS)
+    bag = p_pos.new_zeros(num_gt).index_add(0, gt_idx, pos_weight * p_pos)
+    has_pairs = torch.zeros(num_gt, dtype=torch.bool, device=p_pos.device)
+    has_pairs[gt_idx] = True
+    # bag <= 1 up to rounding; BCE rejects inputs above 1.
+    loss = _bce(bag.clamp(max=1.0), 1.0) * has_pairs
+    return PositiveTerms(prior, p_pos, confidence_weight, pos_weight, bag, has_pairs, loss)
+
+
+@torch.no_grad()
+def max_iou_over_gts(pred_boxes: Tensor, gt_boxes: Tensor, max_elements: int = 1 << 22) -> Tensor:
+    """
+    (U,) max over all G objects of IoU(object, predicted box), computed in chunks of at most
+    ``max_elements`` IoU entries (memory O(max_elements), not O(G x U)).
+
+    Args:
+        pred_boxes: (U, 4) XYXY predicted boxes, pixels.
+        gt_boxes: (G, 4) XYXY, G >= 1.
+    """
+    chunk = max(1, max_elements // max(1, gt_boxes.shape[0]))
+    gts = Boxes(gt_boxes)
+    parts = [
+        pairwise_iou(gts, Boxes(pred_boxes[start : start + chunk])).max(dim=0).values
+        for start in range(0, pred_boxes.shape[0], chunk)
+    ]
+    return torch.cat(parts) if parts else pred_boxes.new_zeros(0)
+
+
+@torch.no_grad()
+def negative_box_prob(
+    *,
+    points: Tensor,
+    pred_ltrb: Tensor,
+    gt_boxes: Tensor,
+    gt_classes: Tensor,
+    pairs: InboxPairs,
+    num_classes: int,
+) -> Tuple[Tensor, Tensor]:
+    """
+    ``1 - w-`` of one image (paper Eq. 5, spec B6), dense over (location, class).
+
+    For each pair: ``f = 1 / (1 - IoU_max)``, IoU_max over ALL objects of the location's
+    predicted box; ``f`` is min-max normalised over the object's pairs (the best location of
+    each object gets 1, i.e. zero negative loss for its class). Pairs write their value at
+    (location, class of the object); where two objects of the same class contain the same
+    location, the later object (higher index) wins, as the release's GT-major ``index_put``
+    does on CPU (deterministic here, unspecified on CUDA in the release).
+
+    Args:
+        points: (L, 2) location coordinates, pixels.
+        pred_ltrb: (L, 4) predicted distances, pixels.
+        gt_boxes: (G, 4); gt_classes: (G,) long.
+        pairs: the in-box pairs.
+    Returns:
+        box_prob: (L, K) in [0, 1], zero outside the pairs.
+        normalized_f: (M,) the min-max normalised f of each pair.
+    """
+    num_locations = points.shape[0]
+    box_prob = pred_ltrb.new_zeros(num_locations, num_classes)
+    gt_idx, loc_idx = pairs.gt_idx, pairs.loc_idx
+    if gt_idx.numel() == 0:
+        return box_prob, pred_ltrb.new_zeros(0)
+    unique_loc, inverse = torch.unique(loc_idx, return_inverse=True)
+    loc_points = points[unique_loc]
+    loc_ltrb = pred_ltrb[unique_loc]
+    pred_boxes = torch.cat([loc_points - loc_ltrb[:, :2], loc_points + loc_ltrb[:, 2:]], dim=1)
+    iou = max_iou_over_gts(pred_boxes, gt_boxes)[inverse]  # (M,)
+    f = 1.0 / (1.0 - iou).clamp(min=EPS)
+    num_gt = gt_boxes.shape[0]
+    f_min = f.new_zeros(num_gt).scatter_reduce(0, gt_idx, f, "amin", include_self=False)
+    f_max = f.new_zeros(num_gt).scatter_reduce(0, gt_idx, f, "amax", include_self=False)
+    f_min, f_max = f_min[gt_idx], f_max[gt_idx]
+    normalized_f = (f - f_min + EPS) / (f_max - f_min + EPS)
+    # Later object wins on (location, class) collisions: pairs are GT-major sorted, so the
+    # winner of each key is its largest pair index.
+    key = loc_idx * num_classes + gt_classes[gt_idx]
+    unique_key, key_inverse = torch.unique(key, return_inverse=True)
+    pair_range = torch.arange(key.shape[0], device=key.device)
+    winner = torch.full_like(unique_key, -1).scatter_reduce(
+        0, key_inverse, pair_range, "amax", include_self=True
+    )
+    box_prob.view(-1)[unique_key] = normalized_f[winner]
+    return box_prob, normalized_f
+
+
+def _bce(prob: Tensor, target: float) -> Tensor:
+    """Elementwise ``F.binary_cross_entropy`` (log clamped at -100, finite gradients at 0 and
+    1), in float32 with autocast disabled (it is not autocast-safe)."""
+    with torch.autocast(device_type=prob.device.type, enabled=False):
+        prob = prob.float()
+        return F.binary_cross_entropy(prob, torch.full_like(prob, target), reduction="none")
+
+
+def negative_bag_loss(prob: Tensor, gamma: float) -> Tensor:
+    """Elementwise focal negative loss ``p^gamma * BCE(p, 0)`` on the weighted probability
+    ``p = P(cls) * w-`` (spec B6; no alpha inside)."""
+    return prob.float() ** gamma * _bce(prob, 0.0)
+
+
+def explicit_objectness_loss(obj_logits: Tensor, inside: Tensor) -> Tensor:
+    """Mean BCE of the objectness logits against 1 inside any box, 0 elsewhere (paper Table 4
+    "explicit-obj"; the paper gives no normaliser, the mean over locations is our choice).
+
+    Args:
+        obj_logits: (N, L) logits; inside: (N, L) float in {0, 1}.
+    """
+    return F.binary_cross_entropy_with_logits(obj_logits.float(), inside, reduction="mean")
