@@ -1,0 +1,208 @@
+"""Training engine shared by ``train_net.py``, ``demo.py``, the tests and the benchmarks:
+the project config, a ``Trainer`` with evaluator dispatch and exact resume, and a ``launch``
+that also runs several worker processes on a CPU-only machine.
+"""
+import contextlib
+import logging
+import os
+from datetime import timedelta
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import detectron2.engine.defaults as d2_defaults
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer
+from detectron2.engine import launch as d2_launch
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
+from detectron2.utils import comm
+
+from .backbone import compiled_ops_available
+from .data import register_demo_shapes_from_cfg
+
+__all__ = ["get_project_cfg", "setup_cfg", "Trainer", "launch"]
+
+logger = logging.getLogger(__name__)
+
+
+def get_project_cfg() -> CfgNode:
+    """Detectron2's defaults plus the keys of both detectors (``MODEL.PSEUDO_IOU``,
+    ``MODEL.AUTOASSIGN`` and the shared ones); importing the packages registers the models."""
+    from autoassign import add_autoassign_config
+    from pseudo_iou import add_pseudo_iou_config
+
+    cfg = get_cfg()
+    add_pseudo_iou_config(cfg)
+    add_autoassign_config(cfg)
+    return cfg
+
+
+def setup_cfg(config_file: str, opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:
+    """
+    Load ``config_file`` and ``KEY VALUE`` overrides onto the project config, fall back to the
+    CPU when CUDA is missing, and register the built-in demo dataset if the config uses it.
+    """
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"Config file not found: {config_file}")
+    cfg = get_project_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE=cpu).")
+        cfg.MODEL.DEVICE = "cpu"
+    register_demo_shapes_from_cfg(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def _create_ddp_model_cpu_safe(model, *, fp16_compression: bool = False, **kwargs):
+    """Detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]``, which torch's DDP
+    rejects for CPU modules (spec detectron2.md §5); CPU models get ``device_ids=None``."""
+    if comm.get_world_size() == 1:
+        return model
+    if next(model.parameters()).device.type == "cuda":
+        return _D2_CREATE_DDP_MODEL(model, fp16_compression=fp16_compression, **kwargs)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=None, **kwargs)
+
+
+_D2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
+
+
+@contextlib.contextmanager
+def _cpu_safe_ddp():
+    d2_defaults.create_ddp_model = _create_ddp_model_cpu_safe
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
+
+
+# Detectron2 main saves the optimizer (and AMP grad scaler) state under "_trainer"; v0.6 did not.
+_D2_SAVES_TRAINER_STATE = "state_dict" in DefaultTrainer.__dict__
+
+
+class Trainer(DefaultTrainer):
+    """
+    ``DefaultTrainer`` plus: COCO / Pascal VOC evaluator chosen by the dataset's
+    ``evaluator_type``, DDP on CPU workers, and the optimizer state in checkpoints on
+    Detectron2 v0.6 too (fixed on main after the release; spec detectron2.md §3 row 11).
+    """
+
+    def __init__(self, cfg: CfgNode):
+        with _cpu_safe_ddp():
+            super().__init__(cfg)
+
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> DatasetEvaluator:
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type == "coco":
+            # The fast evaluator is a compiled op; pycocotools gives the same AP.
+            return COCOEvaluator(
+                dataset_name,
+                tasks=("bbox",),
+                output_dir=output_folder,
+                use_fast_impl=compiled_ops_available(),
+            )
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        raise ValueError(
+            f"No evaluator for dataset {dataset_name!r} (evaluator_type={evaluator_type!r}); "
+            "expected a COCO-format ('coco') or Pascal VOC ('pascal_voc') dataset."
+        )
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if not _D2_SAVES_TRAINER_STATE:
+            ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if not _D2_SAVES_TRAINER_STATE and "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+
+def _cpu_worker(
+    local_rank: int,
+    main_func: Callable,
+    world_size: int,
+    num_workers_per_machine: int,
+    machine_rank: int,
+    dist_url: str,
+    args: tuple,
+    timeout: timedelta,
+):
+    global_rank = machine_rank * num_workers_per_machine + local_rank
+    dist.init_process_group(
+        backend="gloo",
+        init_method=dist_url,
+        world_size=world_size,
+        rank=global_rank,
+        timeout=timeout,
+    )
+    if hasattr(comm, "create_local_process_group"):  # Detectron2 main
+        comm.create_local_process_group(num_workers_per_machine)
+    else:  # Detectron2 v0.6 sets the local group inline in its (CUDA-only) launch
+        for i in range(world_size // num_workers_per_machine):
+            ranks = list(range(i * num_workers_per_machine, (i + 1) * num_workers_per_machine))
+            group = dist.new_group(ranks)
+            if i == machine_rank:
+                comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+    main_func(*args)
+
+
+def launch(
+    main_func: Callable,
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: Optional[str] = None,
+    args: tuple = (),
+    timeout: timedelta = timedelta(minutes=30),
+):
+    """
+    Detectron2's ``launch`` where CUDA is available. Without CUDA, ``num_gpus_per_machine``
+    worker processes per machine run on the CPU with the gloo backend (Detectron2 v0.6's
+    ``launch`` asserts CUDA; main's still fails later in DDP).
+    """
+    world_size = num_machines * num_gpus_per_machine
+    if torch.cuda.is_available() or world_size == 1:
+        return d2_launch(
+            main_func,
+            num_gpus_per_machine,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=args,
+        )
+    if dist_url is None or dist_url == "auto":
+        if num_machines > 1:
+            raise ValueError("--dist-url must be given (tcp://HOST:PORT) for a multi-machine job")
+        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+    logger.warning(
+        f"CUDA is not available: starting {num_gpus_per_machine} CPU worker processes per machine "
+        "(gloo backend) instead of one per GPU."
+    )
+    mp.start_processes(
+        _cpu_worker,
+        nprocs=num_gpus_per_machine,
+        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+        daemon=False,
+        start_method="spawn",
+    )
+
+
+def _find_free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,82 @@
+"""train_net.py and demo.py end to end, in subprocesses, on a tiny version of the demo dataset."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "demo", "*.yaml")))
+TINY_DATA = [
+    "DATASETS.DEMO_SHAPES.NUM_TRAIN", "16", "DATASETS.DEMO_SHAPES.NUM_VAL", "4",
+    "DATASETS.DEMO_SHAPES.IMAGE_SIZE", "64", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+    "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+    "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+]  # fmt: skip
+
+
+def run(args, timeout=600):
+    proc = subprocess.run(
+        [sys.executable] + args,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    return proc.stdout
+
+
+def test_help_lists_detectron2_flags():
+    out = run(["train_net.py", "--help"])
+    for flag in ("--config-file", "--resume", "--eval-only", "--num-gpus", "--num-machines",
+                 "--machine-rank", "--dist-url"):  # fmt: skip
+        assert flag in out
+
+
+@pytest.mark.parametrize("config", DEMO_CONFIGS, ids=os.path.basename)
+def test_two_iterations_then_eval_only_then_demo(config, tmp_path):
+    out_dir = str(tmp_path / "train")
+    log = run(["train_net.py", "--config-file", config, "SOLVER.MAX_ITER", "2",
+               "OUTPUT_DIR", out_dir] + TINY_DATA)  # fmt: skip
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log  # evaluated at the end of training
+    weights = os.path.join(out_dir, "model_final.pth")
+    assert os.path.isfile(weights)
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        iterations = [json.loads(line).get("iteration") for line in f]
+    assert 1 in iterations
+
+    eval_dir = str(tmp_path / "eval")
+    log = run(["train_net.py", "--config-file", config, "--eval-only", "MODEL.WEIGHTS", weights,
+               "OUTPUT_DIR", eval_dir] + TINY_DATA)  # fmt: skip
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    assert os.path.isfile(os.path.join(eval_dir, "inference", "coco_instances_results.json"))
+
+    # demo.py on two images of the dataset (a file and a folder)
+    image_dir = glob.glob(os.path.join(os.environ["DETECTRON2_DATASETS"], "demo_shapes",
+                                       "*size64_train16_val4*", "images", "val"))[0]  # fmt: skip
+    first = sorted(os.listdir(image_dir))[0]
+    vis_dir = str(tmp_path / "vis")
+    run(["demo.py", "--config-file", config, "--input", os.path.join(image_dir, first), image_dir,
+         "--output", vis_dir, "--confidence-threshold", "0.0",
+         "--opts", "MODEL.WEIGHTS", weights] + TINY_DATA)  # fmt: skip
+    written = sorted(os.listdir(vis_dir))
+    assert written == sorted(f.replace(".png", ".png") for f in os.listdir(image_dir))
+    drawn = cv2.imread(os.path.join(vis_dir, first))
+    original = cv2.imread(os.path.join(image_dir, first))
+    assert drawn.shape == original.shape
+    assert (drawn != original).any()  # detections were drawn on it (threshold 0)
+
+
+def test_demo_needs_weights_and_existing_inputs(tmp_path):
+    config = DEMO_CONFIGS[0]
+    proc = subprocess.run(
+        [sys.executable, "demo.py", "--config-file", config, "--input", "missing.jpg",
+         "--output", str(tmp_path), "--opts", "MODEL.WEIGHTS", "x.pth"] + TINY_DATA,
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Input not found: missing.jpg" in proc.stdout

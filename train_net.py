@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""
+Train and evaluate the Pseudo-IoU and AutoAssign detectors (or any Detectron2 yacs model).
+
+    python train_net.py --config-file configs/PseudoIoU/pseudo_iou_R_50_FPN_1x.yaml --num-gpus 8
+    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/to/model_final.pth
+    python train_net.py --config-file CONFIG --resume          # continue from OUTPUT_DIR
+
+The detector is chosen by MODEL.META_ARCHITECTURE ("PseudoIoU" or "AutoAssign"). Without CUDA,
+--num-gpus N starts N CPU worker processes (gloo).
+"""
+import logging
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from anchor_free.engine import Trainer, launch, setup_cfg
+
+
+def setup(args):
+    cfg = setup_cfg(args.config_file, args.opts)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    logging.getLogger(__name__).info("Command Line Args: %s", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()  # pragma: no cover
