@@ -1,0 +1,246 @@
+"""Pseudo-IoU label assignment (spec A4): the metric, the alternative rules of the paper's
+Table 2, and the per-image point assigner.
+
+Naming: R = points (all FPN levels concatenated), G = ground-truth boxes of one image. Distances
+``ltrb`` are (left, top, right, bottom) from a point to the sides of a box, as returned by
+Detectron2's ``pairwise_point_box_distance``; all four are > 0 for a point strictly inside.
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from detectron2.structures import Boxes, pairwise_point_box_distance
+
+__all__ = [
+    "ASSIGNERS",
+    "TIE_BREAKS",
+    "pseudo_iou",
+    "pairwise_pseudo_iou",
+    "centerness",
+    "in_scaled_box",
+    "size_ranges_from_sizes",
+    "PointAssigner",
+]
+
+ASSIGNERS = ("all_in_box", "pseudo_iou", "centerness", "scaled_box")
+TIE_BREAKS = ("min_area", "max_pseudo_iou")
+
+
+def pseudo_iou(ltrb: Tensor) -> Tensor:
+    """
+    Pseudo-IoU (paper Algorithm 1): IoU between a box B and the "pseudo box" A of the same size
+    centred on the point. For a point inside B it equals the closed form ``q / (2 - q)`` with
+    ``q = (1 - |dx|/W) (1 - |dy|/H)`` (dx, dy: offset of the point from B's centre).
+
+    Algorithm 1's intersection ``min(l, W/2) + min(r, W/2)`` (clamped at 0) is also the exact
+    overlap for points outside B, so the value is the true IoU of the two boxes everywhere.
+    Boxes with zero width or height give 0 (no division by a zero area).
+
+    Args:
+        ltrb: (..., 4) distances from points to the left, top, right, bottom sides of boxes,
+            in any unit (the value is scale invariant).
+    Returns:
+        (...) Pseudo-IoU in [0, 1].
+    """
+    left, top, right, bottom = ltrb.unbind(dim=-1)
+    width, height = left + right, top + bottom
+    half_w, half_h = width / 2, height / 2
+    inter_w = (torch.minimum(left, half_w) + torch.minimum(right, half_w)).clamp(min=0)
+    inter_h = (torch.minimum(top, half_h) + torch.minimum(bottom, half_h)).clamp(min=0)
+    inter = inter_w * inter_h
+    area = width * height  # |A| = |B|
+    valid = (width > 0) & (height > 0)
+    # union >= area > 0 where valid; the inner where keeps the masked entries finite.
+    union = torch.where(valid, 2 * area - inter, torch.ones_like(area))
+    return torch.where(valid, inter / union, torch.zeros_like(area))
+
+
+def pairwise_pseudo_iou(points: Tensor, boxes: Boxes) -> Tensor:
+    """
+    Args:
+        points: (R, 2) (x, y) in pixels; boxes: G boxes (XYXY, pixels).
+    Returns:
+        (R, G) Pseudo-IoU of every point with every box.
+    """
+    return pseudo_iou(pairwise_point_box_distance(points, boxes))
+
+
+def centerness(ltrb: Tensor) -> Tensor:
+    """
+    FCOS centerness ``sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b))`` (paper §4.2 / release).
+
+    Args:
+        ltrb: (..., 4) distances (any unit); negative distances are treated as 0.
+    Returns:
+        (...) values in [0, 1]; 0 where a side pair is all zero.
+    """
+    ltrb = ltrb.clamp(min=0)
+    left_right, top_bottom = ltrb[..., 0::2], ltrb[..., 1::2]
+
+    def ratio(pair: Tensor) -> Tensor:
+        high = pair.max(dim=-1).values
+        return pair.min(dim=-1).values / high.clamp(min=torch.finfo(pair.dtype).tiny)
+
+    return torch.sqrt(ratio(left_right) * ratio(top_bottom))
+
+
+def in_scaled_box(ltrb: Tensor, factor: float) -> Tensor:
+    """
+    Paper §4.2 "scaled-box": ``|x - xc| < s w / 2`` and ``|y - yc| < s h / 2`` (strict), written
+    with distances: ``|l - r| < s (l + r)`` and ``|t - b| < s (t + b)``.
+
+    Args:
+        ltrb: (..., 4) distances; factor: s > 0.
+    Returns:
+        (...) bool.
+    """
+    left, top, right, bottom = ltrb.unbind(dim=-1)
+    return ((left - right).abs() < factor * (left + right)) & (
+        (top - bottom).abs() < factor * (top + bottom)
+    )
+
+
+def size_ranges_from_sizes(sizes_of_interest: Sequence[float]) -> Tuple[Tuple[float, float], ...]:
+    """
+    mmdet FCOS ranges from level boundaries: [64, 128, 256, 512] ->
+    ((-1, 64), (64, 128), (128, 256), (256, 512), (512, inf)), used with inclusive comparisons.
+    """
+    sizes = [float(s) for s in sizes_of_interest]
+    lows = [-1.0] + sizes
+    highs = sizes + [float("inf")]
+    return tuple(zip(lows, highs))
+
+
+def _check_unit_interval(value: float, name: str) -> None:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class PointAssigner:
+    """
+    FCOS rules, then a rule filter against the matched box (spec A4). For each point:
+
+    1. candidate boxes: the point is inside (``l,t,r,b > 0``, or ``>= 0`` if not
+       ``inside_strict``) and, with ``size_ranges``, ``lo <= max(l,t,r,b) <= hi`` of its level
+       (pixels, inclusive both ends as in mmdet);
+    2. one box among the candidates: the smallest area (``"min_area"``, FCOS/release) or the
+       highest Pseudo-IoU (``"max_pseudo_iou"``);
+    3. the rule on that box only: ``"all_in_box"`` keeps every point (AF-baseline);
+       ``"pseudo_iou"`` keeps Pseudo-IoU > T (>= T if ``thresh_inclusive``); ``"centerness"``
+       keeps centerness > c (>= c); ``"scaled_box"`` keeps points inside the box scaled by s.
+
+    Points that fail any step are background (negatives), never ignored.
+
+    Field names are those of ``cfg.MODEL.PSEUDO_IOU`` in lower case.
+    """
+
+    assigner: str = "pseudo_iou"
+    pseudo_iou_thresh: float = 0.4
+    thresh_inclusive: bool = False
+    centerness_thresh: float = 0.35
+    scaled_box_factor: float = 0.6
+    inside_strict: bool = True
+    size_ranges: Optional[Tuple[Tuple[float, float], ...]] = None
+    tie_break: str = "min_area"
+
+    def __post_init__(self):
+        if self.assigner not in ASSIGNERS:
+            raise ValueError(
+                f"MODEL.PSEUDO_IOU.ASSIGNER must be one of {ASSIGNERS}, got {self.assigner!r}"
+            )
+        if self.tie_break not in TIE_BREAKS:
+            raise ValueError(
+                f"MODEL.PSEUDO_IOU.TIE_BREAK must be one of {TIE_BREAKS}, got {self.tie_break!r}"
+            )
+        _check_unit_interval(self.pseudo_iou_thresh, "MODEL.PSEUDO_IOU.PSEUDO_IOU_THRESH")
+        _check_unit_interval(self.centerness_thresh, "MODEL.PSEUDO_IOU.CENTERNESS_THRESH")
+        if not float(self.scaled_box_factor) > 0.0:
+            raise ValueError(
+                "MODEL.PSEUDO_IOU.SCALED_BOX_FACTOR must be > 0, got "
+                f"{self.scaled_box_factor!r}"
+            )
+        if self.size_ranges is not None:
+            for low, high in self.size_ranges:
+                if not low < high:
+                    raise ValueError(
+                        "MODEL.PSEUDO_IOU.SIZES_OF_INTEREST must be strictly increasing, got "
+                        f"ranges {self.size_ranges}"
+                    )
+
+    def point_size_ranges(self, num_points_per_level: List[int], device) -> Tensor:
+        """
+        Returns:
+            (R, 2) [low, high] per point (each level's range repeated over its points);
+            (-inf, inf) everywhere without ``size_ranges``.
+        """
+        num_levels = len(num_points_per_level)
+        if self.size_ranges is None:
+            ranges = [(-float("inf"), float("inf"))] * num_levels
+        elif len(self.size_ranges) != num_levels:
+            raise ValueError(
+                f"{len(self.size_ranges)} size ranges (MODEL.PSEUDO_IOU.SIZES_OF_INTEREST + 1) "
+                f"for {num_levels} feature levels (MODEL.PSEUDO_IOU.IN_FEATURES)"
+            )
+        else:
+            ranges = self.size_ranges
+        ranges_t = torch.tensor(ranges, dtype=torch.float32, device=device)  # (L, 2)
+        counts = torch.tensor(num_points_per_level, device=device)
+        return ranges_t.repeat_interleave(counts, dim=0)
+
+    def rule(self, ltrb: Tensor) -> Tensor:
+        """
+        Step 3 alone. Args: ltrb (..., 4) distances to the matched box. Returns: (...) bool.
+        """
+        if self.assigner == "all_in_box":
+            return torch.ones(ltrb.shape[:-1], dtype=torch.bool, device=ltrb.device)
+        if self.assigner == "scaled_box":
+            return in_scaled_box(ltrb, self.scaled_box_factor)
+        if self.assigner == "pseudo_iou":
+            value, thresh = pseudo_iou(ltrb), self.pseudo_iou_thresh
+        else:  # "centerness"
+            value, thresh = centerness(ltrb), self.centerness_thresh
+        return value >= thresh if self.thresh_inclusive else value > thresh
+
+    @torch.no_grad()
+    def __call__(
+        self, points: Tensor, num_points_per_level: List[int], gt_boxes: Boxes
+    ) -> Tuple[Tensor, Tensor]:
+        """
+        Args:
+            points: (R, 2) point coordinates in input pixels, levels concatenated in order.
+            num_points_per_level: R_l per level (sum R).
+            gt_boxes: G boxes of one image (XYXY, input pixels).
+        Returns:
+            matched_idxs: (R,) int64, index of the box each point is positive for, -1 for
+                background.
+            candidate_idxs: (R,) int64, the box chosen by steps 1-2 (before the rule), -1 if none.
+        """
+        num_points, num_gt = points.shape[0], len(gt_boxes)
+        if num_gt == 0:
+            empty = torch.full((num_points,), -1, dtype=torch.long, device=points.device)
+            return empty, empty.clone()
+        ltrb = pairwise_point_box_distance(points, gt_boxes)  # (R, G, 4)
+        nearest_side = ltrb.min(dim=2).values
+        candidate = nearest_side > 0 if self.inside_strict else nearest_side >= 0  # (R, G)
+        if self.size_ranges is not None:
+            ranges = self.point_size_ranges(num_points_per_level, points.device)  # (R, 2)
+            farthest_side = ltrb.max(dim=2).values
+            candidate &= (farthest_side >= ranges[:, :1]) & (farthest_side <= ranges[:, 1:])
+
+        if self.tie_break == "min_area":
+            inf = torch.tensor(float("inf"), device=points.device)
+            cost = torch.where(candidate, gt_boxes.area()[None, :], inf)
+            _, candidate_idxs = cost.min(dim=1)
+        else:
+            quality = torch.where(candidate, pseudo_iou(ltrb), torch.full_like(nearest_side, -1))
+            _, candidate_idxs = quality.max(dim=1)
+        has_candidate = candidate.any(dim=1)
+        candidate_idxs = torch.where(has_candidate, candidate_idxs, -1)
+
+        matched_ltrb = ltrb[torch.arange(num_points, device=points.device), candidate_idxs.clamp(min=0)]
+        keep = has_candidate & self.rule(matched_ltrb)
+        matched_idxs = torch.where(keep, candidate_idxs, -1)
+        return matched_idxs, candidate_idxs

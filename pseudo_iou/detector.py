@@ -1,0 +1,394 @@
+"""The Pseudo-IoU detector (Li et al., CVPRW 2021) as a Detectron2 meta-architecture.
+
+FCOS-style anchor-free detector whose positives are the FCOS positives (in box, level size range,
+min-area box) whose Pseudo-IoU with their box passes a threshold (spec Part A). Defaults are the
+authors' released model; every row of the paper's tables is a config switch
+(``projects/PseudoIoU/README.md``).
+"""
+import logging
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from fvcore.nn import giou_loss, sigmoid_focal_loss_jit
+from torch import Tensor, nn
+
+from anchor_free.distributed import reduce_mean
+from anchor_free.head import AnchorFreeHead
+from anchor_free.meta_arch import AnchorFreeDetector, build_point_generator
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures.boxes import matched_pairwise_iou
+from detectron2.utils.events import get_event_storage
+
+from .assignment import PointAssigner, centerness, size_ranges_from_sizes
+
+__all__ = ["PseudoIoU", "PointTargets", "REG_LOSSES"]
+
+logger = logging.getLogger(__name__)
+
+REG_LOSSES = ("giou", "iou")
+
+
+class PointTargets(NamedTuple):
+    """Training targets of a batch (N images, R points of all levels concatenated)."""
+
+    gt_labels: Tensor  # (N, R) int64 in {0, ..., K-1}, or K = background
+    gt_boxes: Tensor  # (N, R, 4) XYXY pixels of the matched box; 0 for background
+    matched_idxs: Tensor  # (N, R) index into the image's gt boxes, -1 for background
+    candidate_idxs: Tensor  # (N, R) box chosen by the FCOS rules before the rule filter, or -1
+
+
+def _ltrb_to_boxes(ltrb: Tensor) -> Tensor:
+    """(P, 4) distances -> (P, 4) XYXY boxes around the origin (IoU/GIoU are translation
+    and scale invariant, so this equals decoding around the point in any unit)."""
+    left, top, right, bottom = ltrb.unbind(dim=-1)
+    return torch.stack([-left, -top, right, bottom], dim=-1)
+
+
+@META_ARCH_REGISTRY.register()
+class PseudoIoU(AnchorFreeDetector):
+    """
+    Implement the Pseudo-IoU detector: :class:`AnchorFreeHead` (cls/box towers, Scale+ReLU ltrb
+    in stride units, optional centerness on the box tower), points at cell centres,
+    :class:`PointAssigner` labels, focal + (G)IoU + centerness losses with cross-worker
+    normalisers, and FCOS-cost inference (no assignment at test time).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: nn.Module,
+        head_in_features: List[str],
+        point_generator: DefaultAnchorGenerator,
+        assigner: PointAssigner,
+        num_classes: int,
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
+        reg_loss_type: str = "giou",
+        reg_loss_weight: float = 1.0,
+        centerness_weighted_reg_loss: bool = True,
+        test_score_thresh: float = 0.05,
+        test_topk_candidates: int = 1000,
+        test_nms_thresh: float = 0.5,
+        max_detections_per_image: int = 100,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        input_format: str = "BGR",
+        vis_period: int = 0,
+    ):
+        """
+        Args:
+            backbone, head, head_in_features, point_generator: see :class:`AnchorFreeDetector`.
+                ``head(features)`` returns (cls, ltrb, centerness-or-None) per level; without the
+                centerness output there is no centerness loss and scores are the class scores.
+            assigner: the label assignment rule.
+            num_classes: K.
+            focal_loss_alpha, focal_loss_gamma: sigmoid focal loss parameters.
+            reg_loss_type: "giou" (release) or "iou" (-log IoU, the paper).
+            reg_loss_weight: weight of the box loss.
+            centerness_weighted_reg_loss: weight each positive's box loss by its centerness target
+                and divide by their all-reduced sum (release); else divide the sum by num_pos.
+            test_score_thresh: threshold on the *class* probability; candidates at or below it
+                are dropped even when centerness would be high (spec A6).
+            test_topk_candidates, test_nms_thresh, max_detections_per_image: inference.
+            pixel_mean, pixel_std, input_format, vis_period: as Detectron2's RetinaNet.
+        """
+        if reg_loss_type not in REG_LOSSES:
+            raise ValueError(
+                f"MODEL.PSEUDO_IOU.REG_LOSS must be one of {REG_LOSSES}, got {reg_loss_type!r}"
+            )
+        # The base's decode step keeps scores > its threshold; inference_scores already zeroes
+        # every candidate whose class probability is <= test_score_thresh and clamps the others
+        # to > 0, so the decode threshold is 0 and the kept set is exactly {cls > thresh}.
+        super().__init__(
+            backbone=backbone,
+            head=head,
+            head_in_features=head_in_features,
+            point_generator=point_generator,
+            num_classes=num_classes,
+            test_score_thresh=0.0,
+            test_topk_candidates=test_topk_candidates,
+            test_nms_thresh=test_nms_thresh,
+            max_detections_per_image=max_detections_per_image,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            input_format=input_format,
+            vis_period=vis_period,
+        )
+        self.class_score_thresh = test_score_thresh
+        self.assigner = assigner
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
+        self.reg_loss_type = reg_loss_type
+        self.reg_loss_weight = reg_loss_weight
+        self.centerness_weighted_reg_loss = centerness_weighted_reg_loss
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        _validate_config(cfg)
+        pcfg = cfg.MODEL.PSEUDO_IOU
+        assigner = PointAssigner(
+            assigner=pcfg.ASSIGNER,
+            pseudo_iou_thresh=pcfg.PSEUDO_IOU_THRESH,
+            thresh_inclusive=pcfg.THRESH_INCLUSIVE,
+            centerness_thresh=pcfg.CENTERNESS_THRESH,
+            scaled_box_factor=pcfg.SCALED_BOX_FACTOR,
+            inside_strict=pcfg.INSIDE_STRICT,
+            size_ranges=(
+                size_ranges_from_sizes(pcfg.SIZES_OF_INTEREST) if pcfg.USE_SCALE_RANGES else None
+            ),
+            tie_break=pcfg.TIE_BREAK,
+        )
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        missing = [f for f in pcfg.IN_FEATURES if f not in backbone_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.PSEUDO_IOU.IN_FEATURES={list(pcfg.IN_FEATURES)}: {missing} not produced by "
+                f"the backbone (outputs: {sorted(backbone_shape)})"
+            )
+        feature_shapes = [backbone_shape[f] for f in pcfg.IN_FEATURES]
+        strides = [s.stride for s in feature_shapes]
+        if strides != sorted(strides):
+            raise ValueError(
+                f"MODEL.PSEUDO_IOU.IN_FEATURES={list(pcfg.IN_FEATURES)} must go from the finest to "
+                f"the coarsest level, got strides {strides}"
+            )
+        head = AnchorFreeHead(
+            input_shape=feature_shapes,
+            num_classes=pcfg.NUM_CLASSES,
+            num_convs=pcfg.NUM_CONVS,
+            norm=pcfg.NORM,
+            conv_bias=False,
+            prior_prob=pcfg.PRIOR_PROB,
+            bbox_bias_init=0.0,
+            use_quality=pcfg.CENTERNESS,
+            quality_on_box_tower=True,
+        )
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": list(pcfg.IN_FEATURES),
+            "point_generator": build_point_generator(strides, pcfg.POINT_OFFSET),
+            "assigner": assigner,
+            "num_classes": pcfg.NUM_CLASSES,
+            "focal_loss_alpha": pcfg.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": pcfg.FOCAL_LOSS_GAMMA,
+            "reg_loss_type": pcfg.REG_LOSS,
+            "reg_loss_weight": pcfg.REG_LOSS_WEIGHT,
+            "centerness_weighted_reg_loss": pcfg.CENTERNESS_WEIGHTED_REG_LOSS,
+            "test_score_thresh": pcfg.SCORE_THRESH_TEST,
+            "test_topk_candidates": pcfg.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": pcfg.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+            "vis_period": cfg.VIS_PERIOD,
+        }
+
+    # ------------------------------------------------------------------------------- training
+    def forward_training(
+        self,
+        images: ImageList,
+        features: List[Tensor],
+        predictions: Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]]],
+        gt_instances: List[Instances],
+    ) -> Dict[str, Tensor]:
+        cls_logits, box_ltrb, ctr_logits = self.transpose_head_outputs(predictions)
+        points = self.point_generator(features)
+        targets = self.label_points(points, gt_instances)
+        self._log_assignment(targets, [len(p) for p in points], gt_instances)
+        return self.losses(points, cls_logits, box_ltrb, ctr_logits, targets)
+
+    @torch.no_grad()
+    def label_points(self, points: List[Boxes], gt_instances: List[Instances]) -> PointTargets:
+        """
+        Args:
+            points: per level, Boxes (R_l, 4): stride-sized squares centred on the points.
+            gt_instances: per image, with ``gt_boxes`` (input pixels) and ``gt_classes``.
+        Returns:
+            PointTargets for the batch (points of all levels concatenated).
+        """
+        num_points_per_level = [len(p) for p in points]
+        centers = Boxes.cat(points).get_centers()  # (R, 2)
+        num_points = centers.shape[0]
+        labels, boxes, matched, candidates = [], [], [], []
+        for img_idx, instances in enumerate(gt_instances):
+            gt_boxes = instances.gt_boxes
+            _check_gt_boxes(gt_boxes.tensor, img_idx)
+            matched_idxs, candidate_idxs = self.assigner(centers, num_points_per_level, gt_boxes)
+            is_pos = matched_idxs >= 0
+            if len(gt_boxes) > 0:
+                safe_idxs = matched_idxs.clamp(min=0)
+                label = torch.where(
+                    is_pos, instances.gt_classes[safe_idxs], torch.full_like(safe_idxs, self.num_classes)
+                )
+                box = gt_boxes.tensor[safe_idxs] * is_pos[:, None].to(gt_boxes.tensor.dtype)
+            else:
+                label = torch.full((num_points,), self.num_classes, dtype=torch.long, device=centers.device)
+                box = centers.new_zeros((num_points, 4))
+            labels.append(label)
+            boxes.append(box)
+            matched.append(matched_idxs)
+            candidates.append(candidate_idxs)
+        return PointTargets(
+            torch.stack(labels), torch.stack(boxes), torch.stack(matched), torch.stack(candidates)
+        )
+
+    def losses(
+        self,
+        points: List[Boxes],
+        cls_logits: List[Tensor],
+        box_ltrb: List[Tensor],
+        ctr_logits: Optional[List[Tensor]],
+        targets: PointTargets,
+    ) -> Dict[str, Tensor]:
+        """
+        Spec A5. Args: points per level (R_l boxes); cls_logits (N, R_l, K), box_ltrb (N, R_l, 4)
+        stride units, ctr_logits (N, R_l, 1) or None, per level; targets for the batch.
+
+        Returns:
+            {"loss_cls", "loss_box_reg"} and "loss_centerness" with the centerness branch.
+        """
+        cls_logits_all = torch.cat(cls_logits, dim=1)  # (N, R, K)
+        box_ltrb_all = torch.cat(box_ltrb, dim=1)  # (N, R, 4)
+        pos_mask = targets.gt_labels != self.num_classes  # (N, R); no ignored points
+        num_pos_local = pos_mask.sum()
+        num_pos = reduce_mean(num_pos_local.to(torch.float32)).clamp(min=1.0)
+
+        gt_onehot = F.one_hot(targets.gt_labels, self.num_classes + 1)[..., :-1]
+        loss_cls = sigmoid_focal_loss_jit(
+            cls_logits_all,
+            gt_onehot.to(cls_logits_all.dtype),
+            alpha=self.focal_loss_alpha,
+            gamma=self.focal_loss_gamma,
+            reduction="sum",
+        ) / num_pos
+
+        # Regression targets in stride units: Box2BoxTransformLinear(normalize_by_size=True)
+        # on stride-sized point boxes gives (l, t, r, b) / stride (spec A2 norm_on_bbox).
+        anchors = Boxes.cat(points).tensor  # (R, 4)
+        anchors = anchors[None].expand(pos_mask.shape[0], -1, -1)[pos_mask]  # (P, 4)
+        target_ltrb = self.box2box_transform.get_deltas(anchors, targets.gt_boxes[pos_mask])
+        pred_ltrb = box_ltrb_all[pos_mask]  # (P, 4)
+        ctr_targets = centerness(target_ltrb)  # (P,)
+        has_pos = bool(num_pos_local > 0)
+
+        if has_pos:
+            if self.reg_loss_type == "giou":
+                reg = giou_loss(
+                    _ltrb_to_boxes(pred_ltrb), _ltrb_to_boxes(target_ltrb), reduction="none", eps=1e-6
+                )
+            else:  # UnitBox -log IoU, IoU clamped at 1e-6 as mmdet's IoULoss
+                iou = matched_pairwise_iou(
+                    Boxes(_ltrb_to_boxes(pred_ltrb)), Boxes(_ltrb_to_boxes(target_ltrb))
+                )
+                reg = -iou.clamp(min=1e-6).log()
+        else:  # finite zero that keeps every regression parameter in the graph
+            reg = box_ltrb_all.sum()[None] * 0
+        if self.centerness_weighted_reg_loss:
+            # All-reduced on every worker, with or without local positives (a collective).
+            ctr_sum = reduce_mean(ctr_targets.sum()).clamp(min=1e-6)
+            loss_box_reg = (reg * ctr_targets).sum() / ctr_sum if has_pos else reg.sum()
+        else:
+            loss_box_reg = reg.sum() / num_pos
+        losses = {"loss_cls": loss_cls, "loss_box_reg": self.reg_loss_weight * loss_box_reg}
+
+        if ctr_logits is not None:
+            ctr_logits_all = torch.cat(ctr_logits, dim=1)[..., 0]  # (N, R)
+            if has_pos:
+                loss_ctr = F.binary_cross_entropy_with_logits(
+                    ctr_logits_all[pos_mask], ctr_targets, reduction="sum"
+                ) / num_pos
+            else:
+                loss_ctr = ctr_logits_all.sum() * 0
+            losses["loss_centerness"] = loss_ctr
+        return losses
+
+    def _log_assignment(
+        self, targets: PointTargets, num_points_per_level: List[int], gt_instances: List[Instances]
+    ) -> None:
+        """Positives per image / level / object, objects left without any positive, and FCOS
+        positives before the rule filter, to Detectron2's EventStorage."""
+        storage = get_event_storage()
+        num_images = len(gt_instances)
+        pos_mask = targets.matched_idxs >= 0  # (N, R)
+        num_pos = pos_mask.sum().item()
+        num_gt = sum(len(x) for x in gt_instances)
+        storage.put_scalar("pseudo_iou/num_pos_per_image", num_pos / num_images)
+        storage.put_scalar(
+            "pseudo_iou/num_fcos_pos_per_image",
+            (targets.candidate_idxs >= 0).sum().item() / num_images,
+        )
+        for name, pos_level in zip(
+            self.head_in_features, pos_mask.split(num_points_per_level, dim=1)
+        ):
+            storage.put_scalar(f"pseudo_iou/num_pos_{name}", pos_level.sum().item() / num_images)
+        storage.put_scalar("pseudo_iou/num_pos_per_object", num_pos / max(num_gt, 1))
+        objects_without_pos = 0
+        for matched, instances in zip(targets.matched_idxs, gt_instances):
+            if len(instances) > 0:
+                counts = torch.bincount(matched[matched >= 0], minlength=len(instances))
+                objects_without_pos += int((counts == 0).sum())
+        storage.put_scalar("pseudo_iou/num_objects_without_pos", objects_without_pos)
+
+    # ------------------------------------------------------------------------------ inference
+    def inference_scores(self, cls_logits: Tensor, quality_logits: Optional[Tensor]) -> Tensor:
+        """
+        Spec A6: threshold the class probability, then score = cls x centerness (no sqrt).
+
+        Args:
+            cls_logits: (R, K); quality_logits: (R, 1) centerness logits, or None.
+        Returns:
+            (R, K): the score where ``sigmoid(cls) > test_score_thresh`` (clamped to be > 0, so
+            that the base's ``> 0`` decode filter keeps exactly these), else 0.
+        """
+        cls_prob = cls_logits.sigmoid()
+        keep = cls_prob > self.class_score_thresh
+        scores = cls_prob if quality_logits is None else cls_prob * quality_logits.sigmoid()
+        scores = scores.clamp(min=torch.finfo(scores.dtype).tiny)
+        return torch.where(keep, scores, torch.zeros_like(scores))
+
+
+def _check_gt_boxes(boxes: Tensor, img_idx: int) -> None:
+    """Clear error for non-finite or inverted ground-truth boxes (would otherwise train on)."""
+    bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bool(bad.any()):
+        idx = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"Image {img_idx} of the batch has an invalid gt box #{idx}: {boxes[idx].tolist()} "
+            "(XYXY; needs finite coordinates with x1 >= x0 and y1 >= y0)"
+        )
+
+
+def _validate_config(cfg) -> None:
+    """Errors naming the key and value for the MODEL.PSEUDO_IOU keys not checked elsewhere
+    (the assignment keys are checked by PointAssigner, PRIOR_PROB by the head)."""
+    pcfg = cfg.MODEL.PSEUDO_IOU
+    checks = [
+        ("NUM_CLASSES", pcfg.NUM_CLASSES >= 1, ">= 1"),
+        ("NUM_CONVS", pcfg.NUM_CONVS >= 0, ">= 0"),
+        ("FOCAL_LOSS_ALPHA", 0.0 <= pcfg.FOCAL_LOSS_ALPHA <= 1.0, "in [0, 1]"),
+        ("FOCAL_LOSS_GAMMA", pcfg.FOCAL_LOSS_GAMMA >= 0.0, ">= 0"),
+        ("POINT_OFFSET", 0.0 <= pcfg.POINT_OFFSET < 1.0, "in [0, 1)"),
+        ("REG_LOSS", pcfg.REG_LOSS in REG_LOSSES, f"one of {REG_LOSSES}"),
+        ("REG_LOSS_WEIGHT", pcfg.REG_LOSS_WEIGHT >= 0.0, ">= 0"),
+        ("SCORE_THRESH_TEST", 0.0 <= pcfg.SCORE_THRESH_TEST < 1.0, "in [0, 1)"),
+        ("TOPK_CANDIDATES_TEST", pcfg.TOPK_CANDIDATES_TEST >= 1, ">= 1"),
+        ("NMS_THRESH_TEST", 0.0 <= pcfg.NMS_THRESH_TEST <= 1.0, "in [0, 1]"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"MODEL.PSEUDO_IOU.{key} must be {expected}, got {pcfg.get(key)!r}")
+    if pcfg.USE_SCALE_RANGES and len(pcfg.SIZES_OF_INTEREST) != len(pcfg.IN_FEATURES) - 1:
+        raise ValueError(
+            f"MODEL.PSEUDO_IOU.SIZES_OF_INTEREST={list(pcfg.SIZES_OF_INTEREST)} needs one value "
+            f"fewer than MODEL.PSEUDO_IOU.IN_FEATURES={list(pcfg.IN_FEATURES)} "
+            "(or set MODEL.PSEUDO_IOU.USE_SCALE_RANGES False)"
+        )
