@@ -9,7 +9,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(PY) train_net.py --config-file configs/demo/pseudo_iou_R_18_FPN_demo.yaml OUTPUT_DIR output/demo_pseudo_iou
+	$(PY) train_net.py --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml OUTPUT_DIR output/demo_pseudo_iou
 
 bench: setup
 	$(PY) benchmarks/benchmark.py --output benchmarks/results

@@ -3,7 +3,7 @@
 Run a trained detector on your images and write each one, with its detections drawn by
 Detectron2's Visualizer, as a PNG:
 
-    python demo.py --config-file configs/demo/pseudo_iou_R_18_FPN_demo.yaml \
+    python demo.py --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml \
         --input a.jpg more_images/ --output out/ \
         --opts MODEL.WEIGHTS output/demo_pseudo_iou/model_final.pth
 """

@@ -11,11 +11,11 @@ The detector is chosen by MODEL.META_ARCHITECTURE ("PseudoIoU" or "AutoAssign").
 """
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
+from anchor_free.checkpoint import SafeDetectionCheckpointer
 from anchor_free.engine import Trainer, launch, setup_cfg
 
 
@@ -28,8 +28,11 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        if not cfg.MODEL.WEIGHTS and not args.resume:
+            raise ValueError("--eval-only needs a trained model: pass MODEL.WEIGHTS path/to/model.pth")
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        # strict: a checkpoint of another architecture is an error, not a half-loaded model
+        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

@@ -12,6 +12,10 @@ def add_anchor_free_config(cfg: CN) -> None:
     # release, P6 = conv on C5).
     if "TOP_BLOCK_IN_FEATURE" not in cfg.MODEL.FPN:
         cfg.MODEL.FPN.TOP_BLOCK_IN_FEATURE = "p5"
+    if "CHECK_INPUTS" not in cfg.DATALOADER:
+        # Check every training record before the first iteration: image file present and
+        # readable (header), size as annotated, boxes finite with non-negative size.
+        cfg.DATALOADER.CHECK_INPUTS = True
     if "DEMO_SHAPES" not in cfg.DATASETS:
         # The built-in generated dataset (anchor_free/data/demo_shapes.py).
         cfg.DATASETS.DEMO_SHAPES = CN()

@@ -5,6 +5,7 @@ that also runs several worker processes on a CPU-only machine.
 import contextlib
 import logging
 import os
+import weakref
 from datetime import timedelta
 from typing import Callable, Optional, Sequence
 
@@ -14,14 +15,17 @@ import torch.multiprocessing as mp
 
 import detectron2.engine.defaults as d2_defaults
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import launch as d2_launch
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
+from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
 from detectron2.utils import comm
 
 from .backbone import compiled_ops_available
+from .checkpoint import SafeDetectionCheckpointer, repair_metrics_file
 from .data import register_demo_shapes_from_cfg
+from .data.checks import check_dataset_dicts
 
 __all__ = ["get_project_cfg", "setup_cfg", "Trainer", "launch"]
 
@@ -88,13 +92,64 @@ _D2_SAVES_TRAINER_STATE = "state_dict" in DefaultTrainer.__dict__
 class Trainer(DefaultTrainer):
     """
     ``DefaultTrainer`` plus: COCO / Pascal VOC evaluator chosen by the dataset's
-    ``evaluator_type``, DDP on CPU workers, and the optimizer state in checkpoints on
-    Detectron2 v0.6 too (fixed on main after the release; spec detectron2.md §3 row 11).
+    ``evaluator_type``; DDP on CPU workers; the optimizer state in checkpoints on Detectron2
+    v0.6 too (fixed on main after the release; spec detectron2.md §3 row 11); checkpoints and
+    ``last_checkpoint`` written atomically and ``metrics.json`` repaired on ``--resume``, so a
+    killed run always resumes; training data checked before the first iteration.
     """
 
     def __init__(self, cfg: CfgNode):
         with _cpu_safe_ddp():
             super().__init__(cfg)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ made a plain DetectionCheckpointer just before this call; the
+        # checkpoint hook built below must use the atomic one.
+        self.checkpointer = SafeDetectionCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
+    def resume_or_load(self, resume: bool = True):
+        super().resume_or_load(resume=resume)
+        if resume and comm.is_main_process():
+            repair_metrics_file(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """Detectron2's optimizer; ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the
+        global norm over all parameters (mmdet's ``grad_clip``, which both releases use), a type
+        Detectron2's yacs path lacks (it clips per parameter)."""
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if not (clip.ENABLED and clip.CLIP_TYPE == "full_model"):
+            return super().build_optimizer(cfg, model)
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False
+        optimizer = super().build_optimizer(cfg, model)
+        max_norm, norm_type = clip.CLIP_VALUE, clip.NORM_TYPE
+
+        def clip_full_model(params):
+            torch.nn.utils.clip_grad_norm_(list(params), max_norm, norm_type)
+
+        optimizer.__class__ = _generate_optimizer_class_with_gradient_clipping(
+            type(optimizer), global_clipper=clip_full_model
+        )
+        return optimizer
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+            if cfg.MODEL.KEYPOINT_ON
+            else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        if cfg.DATALOADER.CHECK_INPUTS:
+            check_dataset_dicts(dataset)
+        return build_detection_train_loader(cfg, dataset=dataset)
 
     @classmethod
     def build_evaluator(

@@ -9,7 +9,7 @@ import cv2
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "demo", "*.yaml")))
+DEMO_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*_demo.yaml"), recursive=True))
 TINY_DATA = [
     "DATASETS.DEMO_SHAPES.NUM_TRAIN", "16", "DATASETS.DEMO_SHAPES.NUM_VAL", "4",
     "DATASETS.DEMO_SHAPES.IMAGE_SIZE", "64", "INPUT.MIN_SIZE_TRAIN", "(64,)",
