@@ -25,7 +25,7 @@ from detectron2.utils.events import get_event_storage
 
 from .assignment import PointAssigner, centerness, size_ranges_from_sizes
 
-__all__ = ["PseudoIoU", "PointTargets", "REG_LOSSES"]
+__all__ = ["PseudoIoU", "PointTargets", "REG_LOSSES", "build_assigner"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,18 +132,7 @@ class PseudoIoU(AnchorFreeDetector):
     def from_config(cls, cfg) -> Dict:
         _validate_config(cfg)
         pcfg = cfg.MODEL.PSEUDO_IOU
-        assigner = PointAssigner(
-            assigner=pcfg.ASSIGNER,
-            pseudo_iou_thresh=pcfg.PSEUDO_IOU_THRESH,
-            thresh_inclusive=pcfg.THRESH_INCLUSIVE,
-            centerness_thresh=pcfg.CENTERNESS_THRESH,
-            scaled_box_factor=pcfg.SCALED_BOX_FACTOR,
-            inside_strict=pcfg.INSIDE_STRICT,
-            size_ranges=(
-                size_ranges_from_sizes(pcfg.SIZES_OF_INTEREST) if pcfg.USE_SCALE_RANGES else None
-            ),
-            tie_break=pcfg.TIE_BREAK,
-        )
+        assigner = build_assigner(cfg)
         backbone = build_backbone(cfg)
         backbone_shape = backbone.output_shape()
         missing = [f for f in pcfg.IN_FEATURES if f not in backbone_shape]
@@ -354,6 +343,23 @@ class PseudoIoU(AnchorFreeDetector):
         scores = cls_prob if quality_logits is None else cls_prob * quality_logits.sigmoid()
         scores = scores.clamp(min=torch.finfo(scores.dtype).tiny)
         return torch.where(keep, scores, torch.zeros_like(scores))
+
+
+def build_assigner(cfg) -> PointAssigner:
+    """The :class:`PointAssigner` of ``cfg.MODEL.PSEUDO_IOU`` (values checked, errors name keys)."""
+    pcfg = cfg.MODEL.PSEUDO_IOU
+    return PointAssigner(
+        assigner=pcfg.ASSIGNER,
+        pseudo_iou_thresh=pcfg.PSEUDO_IOU_THRESH,
+        thresh_inclusive=pcfg.THRESH_INCLUSIVE,
+        centerness_thresh=pcfg.CENTERNESS_THRESH,
+        scaled_box_factor=pcfg.SCALED_BOX_FACTOR,
+        inside_strict=pcfg.INSIDE_STRICT,
+        size_ranges=(
+            size_ranges_from_sizes(pcfg.SIZES_OF_INTEREST) if pcfg.USE_SCALE_RANGES else None
+        ),
+        tie_break=pcfg.TIE_BREAK,
+    )
 
 
 def _check_gt_boxes(boxes: Tensor, img_idx: int) -> None:
