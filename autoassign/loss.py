@@ -95,43 +95,43 @@ def inbox_pairs(
     Returns:
         InboxPairs with M entries (M = 0 when no box contains a location).
     """
-    device = gt_boxes.device
-    num_gt = gt_boxes.shape[0]
-    gt_range = torch.arange(num_gt, device=device)
-    x0, y0, x1, y1 = gt_boxes.unbind(dim=1)
-    gt_parts, loc_parts, ltrb_parts, stride_parts = [], [], [], []
-    level_start = 0
-    for (height, width), stride in zip(grid_sizes, strides):
-        # Widened candidate ranges, inclusive, clamped to the grid.
-        j_lo = torch.floor(x0 / stride - offset).clamp(0, width - 1).long()
-        j_hi = torch.ceil(x1 / stride - offset).clamp(0, width - 1).long()
-        i_lo = torch.floor(y0 / stride - offset).clamp(0, height - 1).long()
-        i_hi = torch.ceil(y1 / stride - offset).clamp(0, height - 1).long()
-        n_x = (j_hi - j_lo + 1).clamp(min=0)
-        n_y = (i_hi - i_lo + 1).clamp(min=0)
-        counts = n_x * n_y  # (G,)
-        gt_idx = torch.repeat_interleave(gt_range, counts)  # (T,)
-        block_start = torch.cumsum(counts, 0) - counts
-        k = torch.arange(gt_idx.shape[0], device=device) - block_start[gt_idx]
-        i = i_lo[gt_idx] + torch.div(k, n_x[gt_idx], rounding_mode="floor")
-        j = j_lo[gt_idx] + k % n_x[gt_idx]
-        px = (j.to(gt_boxes.dtype) + offset) * stride
-        py = (i.to(gt_boxes.dtype) + offset) * stride
-        ltrb = torch.stack(
-            [px - x0[gt_idx], py - y0[gt_idx], x1[gt_idx] - px, y1[gt_idx] - py], dim=1
-        )
-        keep = ltrb.min(dim=1).values > 0
-        gt_parts.append(gt_idx[keep])
-        loc_parts.append(level_start + i[keep] * width + j[keep])
-        ltrb_parts.append(ltrb[keep])
-        stride_parts.append(torch.full_like(px[keep], float(stride)))
-        level_start += height * width
-    gt_idx = torch.cat(gt_parts)
-    loc_idx = torch.cat(loc_parts)
-    order = torch.argsort(gt_idx * level_start + loc_idx)
-    return InboxPairs(
-        gt_idx[order], loc_idx[order], torch.cat(ltrb_parts)[order], torch.cat(stride_parts)[order]
+    device, dtype = gt_boxes.device, gt_boxes.dtype
+    num_gt, num_levels = gt_boxes.shape[0], len(strides)
+    # Per level: stride, grid height / width, index of its first location. Shapes (1, levels).
+    stride = torch.tensor(strides, dtype=dtype, device=device)[None]
+    height = torch.tensor([h for h, _ in grid_sizes], device=device)[None]
+    width = torch.tensor([w for _, w in grid_sizes], device=device)[None]
+    sizes = (height * width)[0]
+    level_start = (torch.cumsum(sizes, 0) - sizes)[None]
+    x0, y0, x1, y1 = (c[:, None] for c in gt_boxes.unbind(dim=1))  # (G, 1) each
+    zero = torch.zeros_like(width)
+    # Widened candidate ranges per (object, level), inclusive, clamped to the grid: (G, levels).
+    j_lo = torch.clamp(torch.floor(x0 / stride - offset).long(), zero, width - 1)
+    j_hi = torch.clamp(torch.ceil(x1 / stride - offset).long(), zero, width - 1)
+    i_lo = torch.clamp(torch.floor(y0 / stride - offset).long(), zero, height - 1)
+    i_hi = torch.clamp(torch.ceil(y1 / stride - offset).long(), zero, height - 1)
+    n_x = (j_hi - j_lo + 1).clamp(min=0)
+    counts = (n_x * (i_hi - i_lo + 1).clamp(min=0)).reshape(-1)  # (G * levels,)
+    # One block of candidates per (object, level), object-major: blocks come out in the order
+    # (object, level, row, column), i.e. sorted by (object, location index).
+    block = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts)
+    block_start = torch.cumsum(counts, 0) - counts
+    k = torch.arange(block.shape[0], device=device) - block_start[block]
+    gt_idx = torch.div(block, num_levels, rounding_mode="floor")
+    level = block % num_levels
+    n_x = n_x.reshape(-1)[block]
+    i = i_lo.reshape(-1)[block] + torch.div(k, n_x, rounding_mode="floor")
+    j = j_lo.reshape(-1)[block] + k % n_x
+    pair_stride = stride[0, level]
+    px = (j.to(dtype) + offset) * pair_stride
+    py = (i.to(dtype) + offset) * pair_stride
+    boxes = gt_boxes[gt_idx]
+    ltrb = torch.stack(
+        [px - boxes[:, 0], py - boxes[:, 1], boxes[:, 2] - px, boxes[:, 3] - py], dim=1
     )
+    keep = ltrb.min(dim=1).values > 0
+    loc_idx = level_start[0, level] + i * width[0, level] + j
+    return InboxPairs(gt_idx[keep], loc_idx[keep], ltrb[keep], pair_stride[keep])
 
 
 def center_offsets(pairs: InboxPairs) -> Tensor:
