@@ -1,0 +1,30 @@
+"""Shared by the tests: a tiny version of the demo dataset and a subprocess runner."""
+import os
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PIOU_DEMO = os.path.join(REPO_ROOT, "configs", "PseudoIoU", "pseudo_iou_R_18_FPN_demo.yaml")
+AA_DEMO = os.path.join(REPO_ROOT, "configs", "AutoAssign", "autoassign_R_18_FPN_demo.yaml")
+# 16 train / 4 val images of 64 x 64: enough to run the whole pipeline in seconds.
+TINY_DATA = [
+    "DATASETS.DEMO_SHAPES.NUM_TRAIN", "16", "DATASETS.DEMO_SHAPES.NUM_VAL", "4",
+    "DATASETS.DEMO_SHAPES.IMAGE_SIZE", "64", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+    "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+    "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+]  # fmt: skip
+
+
+def run(args, timeout=600, check=True) -> str:
+    """Run ``python ARGS`` in the repository root; return its stdout+stderr."""
+    proc = subprocess.run(
+        [sys.executable] + list(args),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-5000:]
+    return proc.stdout if check else (proc.returncode, proc.stdout)
