@@ -41,7 +41,6 @@ TINY_ARGS = [
     "--sweep-short-sides", "64", "--sweep-iters", "1", "--sweep-warmup", "0",
     "--sweep-batch-size", "1", "--threads", "1",
 ]  # fmt: skip
-TIMED_KEYS = ("train", "inference", "assign_loss_fwd", "assign_loss")
 
 
 def test_tiny_run_writes_table_json_and_plot(tmp_path, one_thread):
@@ -65,7 +64,7 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, one_thread):
     fcos = results["FCOS"]
     for name, res in results.items():
         assert "error" not in res, (name, res)
-        for key in TIMED_KEYS:
+        for key in bench.TIMED_KEYS:
             assert len(res[key]["samples_ms"]) == 2
             assert res[key]["median_ms"] == pytest.approx(sum(res[key]["samples_ms"]) / 2)
             assert res[key]["min_ms"] <= res[key]["median_ms"] <= res[key]["max_ms"]
@@ -79,7 +78,7 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, one_thread):
         assert res["assign_loss_share_of_train"] == pytest.approx(
             res["assign_loss"]["median_ms"] / res["train"]["median_ms"]
         )
-        assert set(res["peak_mib"]) == {"train", "inference", "assign_loss"}
+        assert set(res["peak_mib"]) == {"train", "inference", "postprocess", "assign_loss"}
         assert all(isinstance(v, float) for v in res["peak_mib"].values())
     assert all(v == 1.0 for v in fcos["ratio_to_fcos"].values())
 
@@ -108,7 +107,7 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, one_thread):
     assert targets["PseudoIoU 1000 GT boxes per 64x96 image without OOM"]["holds"] is None
 
     markdown = (tmp_path / "benchmark_cpu.md").read_text()
-    assert "| model | train step ms | inference ms |" in markdown
+    assert "| model | train step ms | inference ms | post-process ms |" in markdown
     for name in bench.MODEL_NAMES:
         assert f"| {name} | " in markdown
     assert "| 64x107 | 3 |" in markdown
