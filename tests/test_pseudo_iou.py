@@ -19,7 +19,15 @@ from pseudo_iou import PointAssigner, PseudoIoU, pairwise_pseudo_iou, pseudo_iou
 from pseudo_iou.assignment import centerness, size_ranges_from_sizes
 from pseudo_iou.testing import tiny_pseudo_iou_cfg
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------ references
