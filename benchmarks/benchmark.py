@@ -17,7 +17,8 @@ What is compared
     * PseudoIoU / AutoAssign: ``anchor_free.engine.setup_cfg("configs/Base-<Arch>.yaml", opts)``
       + ``detectron2.modeling.build_model``; without the config file, the project defaults
       (``get_project_cfg``) with that META_ARCHITECTURE (a warning says so).
-    * RetinaNet: Detectron2's yacs RetinaNet (``build_model``) on the same backbone.
+    * RetinaNet: Detectron2's model-zoo ``COCO-Detection/retinanet_R_50_FPN_1x.yaml`` (9
+      anchors per location) built by ``build_model``, with the shared backbone.
     * FCOS: ``detectron2.modeling.meta_arch.fcos.FCOS`` built in Python (it has no yacs
       ``from_config``) with the settings of Detectron2's ``configs/common/models/fcos.py``.
       **GroupNorm workaround:** on Detectron2 v0.6 ``RetinaNetHead.__init__`` (and so
@@ -342,7 +343,12 @@ def build_model(name: str, s: BenchSettings) -> nn.Module:
     if name in ("PseudoIoU", "AutoAssign"):
         model = d2_build_model(_project_cfg(s, name, s.configs.get(name)))
     elif name == "RetinaNet":
-        model = d2_build_model(_project_cfg(s, "RetinaNet", None))
+        from detectron2 import model_zoo
+
+        # Detectron2's model-zoo RetinaNet (3 scales x 3 ratios per level, its IoU thresholds
+        # and loss) with the shared backbone.
+        config = model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+        model = d2_build_model(_project_cfg(s, "RetinaNet", config))
     elif name == "FCOS":
         from detectron2.modeling.meta_arch.fcos import FCOS
 
