@@ -159,8 +159,7 @@ class PointAssigner:
         _check_unit_interval(self.centerness_thresh, "MODEL.PSEUDO_IOU.CENTERNESS_THRESH")
         if not float(self.scaled_box_factor) > 0.0:
             raise ValueError(
-                "MODEL.PSEUDO_IOU.SCALED_BOX_FACTOR must be > 0, got "
-                f"{self.scaled_box_factor!r}"
+                "MODEL.PSEUDO_IOU.SCALED_BOX_FACTOR must be > 0, got " f"{self.scaled_box_factor!r}"
             )
         if self.size_ranges is not None:
             for low, high in self.size_ranges:
@@ -240,7 +239,9 @@ class PointAssigner:
         has_candidate = candidate.any(dim=1)
         candidate_idxs = torch.where(has_candidate, candidate_idxs, -1)
 
-        matched_ltrb = ltrb[torch.arange(num_points, device=points.device), candidate_idxs.clamp(min=0)]
+        matched_ltrb = ltrb[
+            torch.arange(num_points, device=points.device), candidate_idxs.clamp(min=0)
+        ]
         keep = has_candidate & self.rule(matched_ltrb)
         matched_idxs = torch.where(keep, candidate_idxs, -1)
         return matched_idxs, candidate_idxs

@@ -216,11 +216,15 @@ class PseudoIoU(AnchorFreeDetector):
             if len(gt_boxes) > 0:
                 safe_idxs = matched_idxs.clamp(min=0)
                 label = torch.where(
-                    is_pos, instances.gt_classes[safe_idxs], torch.full_like(safe_idxs, self.num_classes)
+                    is_pos,
+                    instances.gt_classes[safe_idxs],
+                    torch.full_like(safe_idxs, self.num_classes),
                 )
                 box = gt_boxes.tensor[safe_idxs] * is_pos[:, None].to(gt_boxes.tensor.dtype)
             else:
-                label = torch.full((num_points,), self.num_classes, dtype=torch.long, device=centers.device)
+                label = torch.full(
+                    (num_points,), self.num_classes, dtype=torch.long, device=centers.device
+                )
                 box = centers.new_zeros((num_points, 4))
             labels.append(label)
             boxes.append(box)
@@ -252,13 +256,16 @@ class PseudoIoU(AnchorFreeDetector):
         num_pos = reduce_mean(num_pos_local.to(torch.float32)).clamp(min=1.0)
 
         gt_onehot = F.one_hot(targets.gt_labels, self.num_classes + 1)[..., :-1]
-        loss_cls = sigmoid_focal_loss_jit(
-            cls_logits_all,
-            gt_onehot.to(cls_logits_all.dtype),
-            alpha=self.focal_loss_alpha,
-            gamma=self.focal_loss_gamma,
-            reduction="sum",
-        ) / num_pos
+        loss_cls = (
+            sigmoid_focal_loss_jit(
+                cls_logits_all,
+                gt_onehot.to(cls_logits_all.dtype),
+                alpha=self.focal_loss_alpha,
+                gamma=self.focal_loss_gamma,
+                reduction="sum",
+            )
+            / num_pos
+        )
 
         # Regression targets in stride units: Box2BoxTransformLinear(normalize_by_size=True)
         # on stride-sized point boxes gives (l, t, r, b) / stride (spec A2 norm_on_bbox).
@@ -272,7 +279,10 @@ class PseudoIoU(AnchorFreeDetector):
         if has_pos:
             if self.reg_loss_type == "giou":
                 reg = giou_loss(
-                    _ltrb_to_boxes(pred_ltrb), _ltrb_to_boxes(target_ltrb), reduction="none", eps=1e-6
+                    _ltrb_to_boxes(pred_ltrb),
+                    _ltrb_to_boxes(target_ltrb),
+                    reduction="none",
+                    eps=1e-6,
                 )
             else:  # UnitBox -log IoU, IoU clamped at 1e-6 as mmdet's IoULoss
                 iou = matched_pairwise_iou(
@@ -292,9 +302,12 @@ class PseudoIoU(AnchorFreeDetector):
         if ctr_logits is not None:
             ctr_logits_all = torch.cat(ctr_logits, dim=1)[..., 0]  # (N, R)
             if has_pos:
-                loss_ctr = F.binary_cross_entropy_with_logits(
-                    ctr_logits_all[pos_mask], ctr_targets, reduction="sum"
-                ) / num_pos
+                loss_ctr = (
+                    F.binary_cross_entropy_with_logits(
+                        ctr_logits_all[pos_mask], ctr_targets, reduction="sum"
+                    )
+                    / num_pos
+                )
             else:
                 loss_ctr = ctr_logits_all.sum() * 0
             losses["loss_centerness"] = loss_ctr
@@ -364,7 +377,11 @@ def build_assigner(cfg) -> PointAssigner:
 
 def _check_gt_boxes(boxes: Tensor, img_idx: int) -> None:
     """Clear error for non-finite or inverted ground-truth boxes (would otherwise train on)."""
-    bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    bad = (
+        ~torch.isfinite(boxes).all(dim=1)
+        | (boxes[:, 2] < boxes[:, 0])
+        | (boxes[:, 3] < boxes[:, 1])
+    )
     if bool(bad.any()):
         idx = int(bad.nonzero()[0, 0])
         raise ValueError(

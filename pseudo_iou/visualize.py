@@ -55,7 +55,9 @@ def load_image_and_instances(cfg, record: Dict, min_size: Optional[int] = None):
     utils.check_image_size(record, image)
     size = min_size or cfg.INPUT.MIN_SIZE_TEST
     aug_input = T.AugInput(image)
-    transforms = T.AugmentationList([T.ResizeShortestEdge(size, cfg.INPUT.MAX_SIZE_TEST)])(aug_input)
+    transforms = T.AugmentationList([T.ResizeShortestEdge(size, cfg.INPUT.MAX_SIZE_TEST)])(
+        aug_input
+    )
     image = aug_input.image
     annos = [
         utils.transform_instance_annotations(obj, transforms, image.shape[:2])
@@ -66,7 +68,9 @@ def load_image_and_instances(cfg, record: Dict, min_size: Optional[int] = None):
 
 
 @torch.no_grad()
-def compute_assignment(cfg, image_size, instances: Instances, size_divisibility: int = 32) -> List[Dict]:
+def compute_assignment(
+    cfg, image_size, instances: Instances, size_divisibility: int = 32
+) -> List[Dict]:
     """
     Points of every level for an image of ``image_size`` (H, W) padded to ``size_divisibility``,
     and their assignment under ``cfg.MODEL.PSEUDO_IOU``.
@@ -80,7 +84,9 @@ def compute_assignment(cfg, image_size, instances: Instances, size_divisibility:
     strides = _level_strides(pcfg.IN_FEATURES)
     height, width = (int(math.ceil(s / size_divisibility) * size_divisibility) for s in image_size)
     shapes = [(math.ceil(height / s), math.ceil(width / s)) for s in strides]
-    points = build_point_generator(strides, pcfg.POINT_OFFSET)([torch.zeros(1, 1, h, w) for h, w in shapes])
+    points = build_point_generator(strides, pcfg.POINT_OFFSET)(
+        [torch.zeros(1, 1, h, w) for h, w in shapes]
+    )
     centers = Boxes.cat(points).get_centers()
     counts = [len(p) for p in points]
     gt_boxes = instances.gt_boxes
@@ -100,7 +106,9 @@ def compute_assignment(cfg, image_size, instances: Instances, size_divisibility:
         matched.split(counts),
         values.split(counts),
     ):
-        levels.append(dict(name=name, stride=stride, points=pts, candidate=cand, positive=pos, piou=val))
+        levels.append(
+            dict(name=name, stride=stride, points=pts, candidate=cand, positive=pos, piou=val)
+        )
     return levels
 
 
@@ -116,7 +124,12 @@ def _rule_text(cfg) -> str:
 
 
 def draw_assignment(
-    image: np.ndarray, instances: Instances, levels: List[Dict], rule: str, class_names=None, axes=None
+    image: np.ndarray,
+    instances: Instances,
+    levels: List[Dict],
+    rule: str,
+    class_names=None,
+    axes=None,
 ):
     """Draw each level on one matplotlib axis (a new figure row if ``axes`` is None)."""
     import matplotlib
@@ -141,14 +154,26 @@ def draw_assignment(
         pos = (level["positive"].numpy() >= 0) & inside
         # marker area ~ a third of a cell at the figure's scale (4 in for the longer side)
         dot = float(np.clip((level["stride"] / max(height, width) * 4 * 72) ** 2 / 3, 3.0, 150.0))
-        ax.scatter(pts[inside & ~cand, 0], pts[inside & ~cand, 1], s=dot / 5, c="0.5", alpha=0.5, lw=0)
-        scatter = ax.scatter(
-            pts[cand, 0], pts[cand, 1], s=dot, c=level["piou"].numpy()[cand], cmap="viridis",
-            vmin=0.0, vmax=1.0, lw=0,
+        ax.scatter(
+            pts[inside & ~cand, 0], pts[inside & ~cand, 1], s=dot / 5, c="0.5", alpha=0.5, lw=0
         )
-        ax.scatter(pts[pos, 0], pts[pos, 1], s=dot * 2.2, facecolors="none", edgecolors="red", lw=1.2)
+        scatter = ax.scatter(
+            pts[cand, 0],
+            pts[cand, 1],
+            s=dot,
+            c=level["piou"].numpy()[cand],
+            cmap="viridis",
+            vmin=0.0,
+            vmax=1.0,
+            lw=0,
+        )
+        ax.scatter(
+            pts[pos, 0], pts[pos, 1], s=dot * 2.2, facecolors="none", edgecolors="red", lw=1.2
+        )
         for (x0, y0, x1, y1), c in zip(boxes, classes):
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colors(c % 10), lw=1.5))
+            ax.add_patch(
+                Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colors(c % 10), lw=1.5)
+            )
             if class_names:
                 ax.text(x0, y0, class_names[c], color=colors(c % 10), fontsize=7, va="bottom")
         ax.set_title(
@@ -160,18 +185,24 @@ def draw_assignment(
         ax.set_ylim(height - 0.5, -0.5)
         ax.axis("off")
     fig = axes[0].figure
-    fig.suptitle(f"points coloured by Pseudo-IoU with their FCOS box; red circles: {rule}", fontsize=10)
+    fig.suptitle(
+        f"points coloured by Pseudo-IoU with their FCOS box; red circles: {rule}", fontsize=10
+    )
     fig.colorbar(scatter, ax=list(axes), fraction=0.02, pad=0.01, label="Pseudo-IoU")
     return fig
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--dataset", required=True, help="a registered dataset name")
     parser.add_argument("--image-index", type=int, default=0, help="index in the dataset's list")
     parser.add_argument("--output", required=True, help="output folder for the PNG files")
-    parser.add_argument("--min-size", type=int, default=None, help="short side (default: test size)")
+    parser.add_argument(
+        "--min-size", type=int, default=None, help="short side (default: test size)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
 
@@ -185,7 +216,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     cfg = setup_cfg(args.config_file, args.opts)
     records = DatasetCatalog.get(args.dataset)
     if not 0 <= args.image_index < len(records):
-        raise IndexError(f"--image-index {args.image_index}: {args.dataset} has {len(records)} images")
+        raise IndexError(
+            f"--image-index {args.image_index}: {args.dataset} has {len(records)} images"
+        )
     record = records[args.image_index]
     image, instances = load_image_and_instances(cfg, record, args.min_size)
     levels = compute_assignment(cfg, image.shape[:2], instances)

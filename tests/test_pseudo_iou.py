@@ -20,7 +20,6 @@ from pseudo_iou.assignment import centerness, size_ranges_from_sizes
 from pseudo_iou.testing import tiny_pseudo_iou_cfg
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny tensors: one thread is faster on a shared 2-core machine."""
@@ -185,7 +184,12 @@ def run_scene(check_levels=True, **kwargs):
 def test_points_are_cell_centres():
     points = points_of([8, 16], [(2, 3), (1, 1)])
     assert points[0].get_centers().tolist() == [
-        [4.0, 4.0], [12.0, 4.0], [20.0, 4.0], [4.0, 12.0], [12.0, 12.0], [20.0, 12.0]
+        [4.0, 4.0],
+        [12.0, 4.0],
+        [20.0, 4.0],
+        [4.0, 12.0],
+        [12.0, 12.0],
+        [20.0, 12.0],
     ]
     assert points[1].get_centers().tolist() == [[8.0, 8.0]]
 
@@ -202,7 +206,9 @@ def test_points_are_cell_centres():
     ],
 )
 def test_assignment_scene_pseudo_iou(thresh, inclusive, expected):
-    got, candidates = run_scene(assigner="pseudo_iou", pseudo_iou_thresh=thresh, thresh_inclusive=inclusive)
+    got, candidates = run_scene(
+        assigner="pseudo_iou", pseudo_iou_thresh=thresh, thresh_inclusive=inclusive
+    )
     assert got == expected
     assert int((candidates >= 0).sum()) == 23  # FCOS positives before the filter
 
@@ -217,7 +223,13 @@ def test_assignment_scene_centerness():
     # C x=20: sqrt(1 * 4/12) = 0.577, x=12/28: sqrt(4/20 * 1/3) = 0.258; B x=40: 0.378 (y=8/56),
     # 0.775 (y=24/40); B x=24/56: sqrt(8/40 * 24/40) = 0.346 < 0.35, or less.
     got, _ = run_scene(assigner="centerness", centerness_thresh=0.35)
-    assert got == {(12, 4): 0, (4, 12): 0, (20, 12): 2, (20, 20): 2, **{(40, y): 1 for y in (8, 24, 40, 56)}}
+    assert got == {
+        (12, 4): 0,
+        (4, 12): 0,
+        (20, 12): 2,
+        (20, 20): 2,
+        **{(40, y): 1 for y in (8, 24, 40, 56)},
+    }
 
 
 def test_assignment_scene_scaled_box_is_strict():
@@ -288,7 +300,9 @@ def test_assignment_matches_loop_reference_on_random_scenes(rule, inclusive):
             thresh_inclusive=inclusive,
             size_ranges=size_ranges_from_sizes(sizes),
         )
-        matched, _ = assigner(centers, [256, 64, 16], Boxes(torch.tensor(boxes, dtype=torch.float64)))
+        matched, _ = assigner(
+            centers, [256, 64, 16], Boxes(torch.tensor(boxes, dtype=torch.float64))
+        )
         expected = reference_assign(
             centers.tolist(), levels, boxes, size_ranges_from_sizes(sizes), rule, inclusive, 0.4
         )
@@ -320,7 +334,9 @@ def instances(boxes, classes, size=64):
     return inst
 
 
-def reference_losses(points_xy, strides, levels, cls, ltrb, ctr, gt, num_classes, alpha=0.25, gamma=2.0):
+def reference_losses(
+    points_xy, strides, levels, cls, ltrb, ctr, gt, num_classes, alpha=0.25, gamma=2.0
+):
     """Independent loss values (release settings: focal / num_pos, centerness-weighted GIoU /
     sum of centerness targets, centerness BCE / num_pos), scalar loops over points."""
     ranges = size_ranges_from_sizes([64, 128, 256, 512])
@@ -377,7 +393,9 @@ def test_losses_match_independent_reference(model, num_boxes):
         boxes = []
         for _ in range(num_boxes):
             x0, y0 = rng.uniform(0, 50), rng.uniform(0, 50)
-            boxes.append([x0, y0, min(64.0, x0 + rng.uniform(4, 60)), min(64.0, y0 + rng.uniform(4, 60))])
+            boxes.append(
+                [x0, y0, min(64.0, x0 + rng.uniform(4, 60)), min(64.0, y0 + rng.uniform(4, 60))]
+            )
         gt.append(instances(boxes, [rng.randrange(3) for _ in boxes]))
     gen = torch.Generator().manual_seed(num_boxes)
     cls = torch.randn(2, sum(num_points), 3, generator=gen) * 2 - 2
@@ -389,7 +407,14 @@ def test_losses_match_independent_reference(model, num_boxes):
 
     levels = [lvl for lvl, n in enumerate(num_points) for _ in range(n)]
     expected, num_pos = reference_losses(
-        Boxes.cat(points).get_centers().tolist(), [8, 16, 32, 64, 128], levels, cls, ltrb, ctr[..., 0], gt, 3
+        Boxes.cat(points).get_centers().tolist(),
+        [8, 16, 32, 64, 128],
+        levels,
+        cls,
+        ltrb,
+        ctr[..., 0],
+        gt,
+        3,
     )
     assert (num_pos > 0) == (num_boxes > 0)
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_centerness"}
@@ -414,7 +439,9 @@ def test_paper_losses_iou_and_plain_normaliser(model):
     ltrb[0, 0] = torch.tensor([0.25, 0.5, 0.5, 0.5])
     split = lambda t: list(t.split(num_points, dim=1))  # noqa: E731
     with mock.patch.multiple(model, reg_loss_type="iou", centerness_weighted_reg_loss=False):
-        losses = model.losses(points, split(torch.zeros(1, sum(num_points), 3)), split(ltrb), None, targets)
+        losses = model.losses(
+            points, split(torch.zeros(1, sum(num_points), 3)), split(ltrb), None, targets
+        )
     assert losses["loss_box_reg"].item() == pytest.approx(-math.log(0.75), rel=1e-6)
     assert "loss_centerness" not in losses
 
@@ -483,7 +510,9 @@ def test_inference_scores_threshold_class_then_multiply(model):
     # 0.9*0.5 kept; 0.06*0.5 = 0.03 < 0.05 kept (threshold is on the class score, no sqrt);
     # 0.04 dropped although 0.04 * 0.999 would tie with nothing; 0.5*0.999 kept.
     torch.testing.assert_close(scores, torch.tensor([[0.45, 0.03], [0.0, 0.4995]]))
-    torch.testing.assert_close(model.inference_scores(cls, None), torch.tensor([[0.9, 0.06], [0.0, 0.5]]))
+    torch.testing.assert_close(
+        model.inference_scores(cls, None), torch.tensor([[0.9, 0.06], [0.0, 0.5]])
+    )
 
 
 def test_forward_inference_fields_order_nms_cap_and_no_assignment(model):
@@ -505,16 +534,25 @@ def test_forward_inference_fields_order_nms_cap_and_no_assignment(model):
     ctr[0][0, 0, 5, 5] = 0.0
     cls[0][0, 0, 6, 6] = logit(0.04)
     images = mock.Mock(image_sizes=[(64, 64)])
-    with mock.patch.object(PseudoIoU, "label_points", side_effect=AssertionError("assignment ran")), \
-            mock.patch.object(PointAssigner, "__call__", side_effect=AssertionError("assigner ran")):
+    with mock.patch.object(
+        PseudoIoU, "label_points", side_effect=AssertionError("assignment ran")
+    ), mock.patch.object(PointAssigner, "__call__", side_effect=AssertionError("assigner ran")):
         result = model.forward_inference(images, features, (cls, ltrb, ctr))[0]
         assert set(result.get_fields()) == {"pred_boxes", "scores", "pred_classes"}
-        torch.testing.assert_close(result.scores, torch.tensor([0.9, 0.8, 0.7, 0.03]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            result.scores, torch.tensor([0.9, 0.8, 0.7, 0.03]), atol=1e-6, rtol=0
+        )
         assert result.pred_classes.tolist() == [0, 0, 1, 1]
         torch.testing.assert_close(
             result.pred_boxes.tensor,
-            torch.tensor([[4.0, 4.0, 20.0, 20.0], [12.0, 4.0, 28.0, 20.0], [4.0, 4.0, 20.0, 20.0],
-                          [36.0, 36.0, 52.0, 52.0]]),
+            torch.tensor(
+                [
+                    [4.0, 4.0, 20.0, 20.0],
+                    [12.0, 4.0, 28.0, 20.0],
+                    [4.0, 4.0, 20.0, 20.0],
+                    [36.0, 36.0, 52.0, 52.0],
+                ]
+            ),
         )
         with mock.patch.multiple(model, test_nms_thresh=0.3, max_detections_per_image=2):
             result = model.forward_inference(images, features, (cls, ltrb, ctr))[0]
@@ -559,7 +597,13 @@ def test_defaults_are_the_released_model():
         assigner="pseudo_iou",
         pseudo_iou_thresh=0.4,
         thresh_inclusive=False,
-        size_ranges=((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, float("inf"))),
+        size_ranges=(
+            (-1.0, 64.0),
+            (64.0, 128.0),
+            (128.0, 256.0),
+            (256.0, 512.0),
+            (512.0, float("inf")),
+        ),
         tie_break="min_area",
         inside_strict=True,
         centerness_thresh=0.35,

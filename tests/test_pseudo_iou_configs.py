@@ -32,8 +32,12 @@ EXPECTED = {
     "pseudo_iou_R_50_FPN_1x": dict(RELEASE, **COCO_1X, **MS, depth=50, dcn=False),
     "pseudo_iou_R_101_FPN_1x": dict(RELEASE, **COCO_1X, **MS, depth=101, dcn=False),
     "pseudo_iou_R_101_FPN_DCN_2x": dict(RELEASE, **COCO_2X, **MS, depth=101, dcn=True, warmup=500),
-    "af_baseline_R_50_FPN_2x_ss": dict(PAPER_IOU, **PAPER_2X, **SS, assigner="all_in_box", depth=50),
-    "pseudo_iou_R_50_FPN_2x_ss_iou": dict(PAPER_IOU, **PAPER_2X, **SS, assigner="pseudo_iou", thresh=0.4),
+    "af_baseline_R_50_FPN_2x_ss": dict(
+        PAPER_IOU, **PAPER_2X, **SS, assigner="all_in_box", depth=50
+    ),
+    "pseudo_iou_R_50_FPN_2x_ss_iou": dict(
+        PAPER_IOU, **PAPER_2X, **SS, assigner="pseudo_iou", thresh=0.4
+    ),
     "pseudo_iou_R_50_FPN_2x_ss_giou": dict(
         PAPER_IOU, **PAPER_2X, **SS, assigner="pseudo_iou", thresh=0.4, **{"reg": "giou"}
     ),
@@ -46,14 +50,25 @@ EXPECTED = {
     "pseudo_iou_R_101_FPN_2x_ms": dict(
         RELEASE, **PAPER_2X, **MS_RANGE, **{"inclusive": True}, depth=101, dcn=False
     ),
-    "pseudo_iou_R_101_FPN_DCN_2x_ms": dict(RELEASE, **PAPER_2X, **MS_RANGE, **{"inclusive": True}, dcn=True),
+    "pseudo_iou_R_101_FPN_DCN_2x_ms": dict(
+        RELEASE, **PAPER_2X, **MS_RANGE, **{"inclusive": True}, dcn=True
+    ),
     "pseudo_iou_X_101_32x8d_FPN_DCN_2x_ms": dict(dcn=True, groups=32, width=8, **PAPER_2X),
     "pseudo_iou_X_101_64x4d_FPN_DCN_2x_ms": dict(dcn=True, groups=64, width=4, **PAPER_2X),
     "pseudo_iou_R_101_FPN_voc": dict(
-        PAPER_IOU, assigner="pseudo_iou", thresh=0.4, depth=101, classes=20, min_size=(600,),
-        iters=12 * VOC_EPOCH, steps=(8 * VOC_EPOCH, 10 * VOC_EPOCH), warmup=500,
+        PAPER_IOU,
+        assigner="pseudo_iou",
+        thresh=0.4,
+        depth=101,
+        classes=20,
+        min_size=(600,),
+        iters=12 * VOC_EPOCH,
+        steps=(8 * VOC_EPOCH, 10 * VOC_EPOCH),
+        warmup=500,
     ),
-    "af_baseline_R_101_FPN_voc": dict(PAPER_IOU, assigner="all_in_box", classes=20, iters=12 * VOC_EPOCH),
+    "af_baseline_R_101_FPN_voc": dict(
+        PAPER_IOU, assigner="all_in_box", classes=20, iters=12 * VOC_EPOCH
+    ),
     "pseudo_iou_R_18_FPN_demo": dict(RELEASE, depth=18, classes=4, iters=1500),
     "af_baseline_R_18_FPN_demo": dict(assigner="all_in_box", depth=18, classes=4, iters=1500),
 }
@@ -97,7 +112,11 @@ def test_config_settings_and_build(path):
     assert cfg.MODEL.META_ARCHITECTURE == "PseudoIoU"
     assert cfg.MODEL.FPN.TOP_BLOCK_IN_FEATURE == "p5"
     assert pcfg.POINT_OFFSET == 0.5 and pcfg.USE_SCALE_RANGES and pcfg.TIE_BREAK == "min_area"
-    assert (pcfg.SCORE_THRESH_TEST, pcfg.TOPK_CANDIDATES_TEST, pcfg.NMS_THRESH_TEST) == (0.05, 1000, 0.5)
+    assert (pcfg.SCORE_THRESH_TEST, pcfg.TOPK_CANDIDATES_TEST, pcfg.NMS_THRESH_TEST) == (
+        0.05,
+        1000,
+        0.5,
+    )
     assert cfg.TEST.DETECTIONS_PER_IMAGE == 100
     assert (cfg.SOLVER.BIAS_LR_FACTOR, cfg.SOLVER.WEIGHT_DECAY_BIAS) == (2.0, 0.0)
     assert cfg.SOLVER.WARMUP_METHOD == "constant"

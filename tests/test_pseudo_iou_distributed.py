@@ -54,7 +54,10 @@ def losses_of(model, images):
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=2,
         timeout=timedelta(seconds=60),
     )
     try:

@@ -33,7 +33,11 @@ def test_short_training_fits_a_demo_subset(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")  # faster than 2 threads on a shared 2-core box
     proc = subprocess.run(
         [sys.executable, "train_net.py", "--config-file", CONFIG] + opts,
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         timeout=900,
     )
     log = proc.stdout

@@ -39,8 +39,19 @@ def test_visualize_writes_pngs(tmp_path):
     opts = register(tmp_path)
     out = tmp_path / "vis"
     written = main(
-        ["--config-file", CONFIG, "--dataset", DATASET, "--image-index", "0", "--output", str(out),
-         "--min-size", "64"] + opts
+        [
+            "--config-file",
+            CONFIG,
+            "--dataset",
+            DATASET,
+            "--image-index",
+            "0",
+            "--output",
+            str(out),
+            "--min-size",
+            "64",
+        ]
+        + opts
     )
     names = sorted(os.path.basename(p) for p in written)
     expected = [f"{DATASET}_0_{n}.png" for n in ("levels", "p3", "p4", "p5", "p6", "p7")]
