@@ -11,8 +11,9 @@ What is compared
     P6 from P5 as in FCOS, random initialisation: ``MODEL.WEIGHTS ""``; every backbone gets the
     same initial weights), each with its own standard head (4 convs per tower; GN for FCOS,
     Pseudo-IoU and AutoAssign, none for RetinaNet, whose head predicts 9 anchors per location),
-    80 classes, on the same input batch (default 2 images of 800x1333 with 20 random GT boxes
-    each), the same dtype (float32) and device (CUDA when present, else CPU).
+    80 classes, on the same input batch (800x1333 images with 20 random GT boxes each; 2 images
+    on CUDA, 1 on the CPU by default), the same dtype (float32) and device (CUDA when present,
+    else CPU).
 
     * PseudoIoU / AutoAssign: ``anchor_free.engine.setup_cfg("configs/Base-<Arch>.yaml", opts)``
       + ``detectron2.modeling.build_model``; without the config file, the project defaults
@@ -30,11 +31,12 @@ What is compared
 
     All four use the same inference score threshold (``--score-thresh``, default 0.0) and keep
     1000 candidates per level: with random weights no score would pass a usual 0.05 threshold
-    (the post-processing would then be skipped), so by default every level sends its top 1000
-    candidates to the class-aware NMS, the same worst-case load for every model. Each model
-    keeps its own NMS IoU threshold and 100 detections per image.
+    for some models and all would pass it for others (FCOS ranks sqrt(cls x ctr)), so by
+    default every level sends its top 1000 candidates to the class-aware NMS, the same
+    worst-case load for every model. Each model keeps its own NMS IoU threshold and 100
+    detections per image.
 
-What is measured (interleaved A B C D A B C D ... after ``--warmup`` rounds; median of ``--iters``)
+What is measured (interleaved A B C D A B C D ... after ``--warmup`` rounds; median)
     1. train step: ``model(batched_inputs)`` in train mode + backward of the summed losses
        (gradients reset with ``set_to_none`` first, so their allocation is included; no
        optimizer step);
@@ -45,15 +47,22 @@ What is measured (interleaved A B C D A B C D ... after ``--warmup`` rounds; med
        ``model.forward_training(images, features, predictions, gt_instances)`` (the same call
        for all four) and the backward of its summed losses down to those leaves are timed
        ("fwd" = forward_training only, "fwd+bwd" = both; the targets use fwd+bwd);
-    4. peak memory of each of the three, once per model after the timings, as the increase
-       over the memory in use before the call. CUDA: ``torch.cuda.max_memory_allocated``.
-       CPU: torch's CPU allocator has no peak counter (and tracemalloc does not see it), so the
-       peak resident set size is used: glibc's free lists are trimmed (``malloc_trim(0)``), the
-       kernel's high-water mark is reset (``/proc/self/clear_refs`` = 5), and the result is
-       ``VmHWM`` after the call minus ``VmRSS`` before it (Linux only; else not reported).
+       post-processing alone (``forward_inference`` on the same outputs) is timed the same way;
+    4. peak memory of every timed call (median reported), as the increase over the memory in
+       use when the call starts. CUDA: ``torch.cuda.max_memory_allocated``. CPU: torch's CPU
+       allocator has no peak counter (and tracemalloc does not see it), so the peak resident
+       set size is used: glibc's free lists are trimmed (``malloc_trim(0)``), the kernel's
+       high-water mark is reset (``/proc/self/clear_refs`` = 5), and the result is ``VmHWM``
+       after the call minus ``VmRSS`` before it (Linux only; else not reported). This set-up
+       runs before the clock starts.
     The scaling sweep times 3. (fwd+bwd) and its peak memory per model for 1, 10, 100, 300
     and 1000 GT boxes per image at 800x1333, and for image short sides 512 / 800 / 1333 (long
-    side x 1333/800) at ``--boxes`` boxes per image, with ``--sweep-batch-size`` images.
+    side x 1333/800) at ``--boxes`` boxes per image, on ``--sweep-batch-size`` (1) image. The
+    backbones being identical, their features are computed once per image size.
+
+Defaults: CUDA 2 images, 2 warm-up + 10 timed rounds (20 for assignment + loss and
+post-processing), sweep 2 + 10; CPU 1 image, 1 + 3 rounds (3), sweep 1 + 1, to stay well under
+10 minutes on 2 cores. Every count is a flag (``--help``).
 
 Outputs
     ``<output>/benchmark_<device>.json`` (settings, machine, every sample, medians, ratios to
@@ -61,8 +70,9 @@ Outputs
     printed) and the scaling plot ``docs/benchmark_scaling_<device>.png`` (``--plot``).
 
 Timings on a shared machine are noisy: the JSON keeps every sample and the load average before
-and after the run. GT boxes are random (seeded): log-uniform sizes from 8 px to the image's short
-side, aspect ratios 1:3 to 3:1, inside the image, random classes.
+and after the run. On a CPU shared with other processes, ``--threads 1`` avoids OpenMP threads
+spinning against each other. GT boxes are random (seeded): log-uniform sizes from 8 px to the
+image's short side, aspect ratios 1:3 to 3:1, inside the image, random classes.
 """
 import argparse
 import contextlib
@@ -169,13 +179,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    cuda = torch.cuda.is_available()
     parser.add_argument("--output", default=os.path.join(REPO_ROOT, "benchmarks", "results"),
                         help="folder of the JSON and markdown results")
     parser.add_argument("--plot", default=None,
                         help="scaling plot PNG (default docs/benchmark_scaling_<device>.png; "
                              "'' for none)")
-    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", default=",".join(MODEL_NAMES),
                         help=f"comma-separated subset of {','.join(MODEL_NAMES)}")
     parser.add_argument("--depth", type=int, default=50, choices=(18, 34, 50, 101, 152),
@@ -186,28 +195,33 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--top-block-in-feature", default="p5", choices=("p5", "res5"),
                         help="input of P6 in the shared backbone (FCOS: p5)")
     parser.add_argument("--num-classes", type=int, default=80)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per batch (default: 2 on CUDA, 1 on the CPU)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(800, 1333),
                         metavar=("H", "W"))
     parser.add_argument("--boxes", type=int, default=20, help="GT boxes per image")
     parser.add_argument("--score-thresh", type=float, default=0.0,
                         help="inference score threshold of all four models")
-    parser.add_argument("--warmup", type=int, default=2 if cuda else 1,
-                        help="untimed rounds over all models before the timed ones")
-    parser.add_argument("--iters", type=int, default=10 if cuda else 3,
-                        help="timed rounds (A B C D each); the median is reported")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed rounds over all models before the timed ones "
+                             "(default: 2 on CUDA, 1 on the CPU)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="timed rounds (A B C D each) of the train step and inference; "
+                             "the median is reported (default: 10 on CUDA, 3 on the CPU)")
     parser.add_argument("--assign-iters", type=int, default=None,
-                        help="timed rounds of the assignment + loss measurement "
-                             "(default: max(--iters, 5))")
+                        help="timed rounds of assignment + loss and of post-processing "
+                             "(default: 20 on CUDA, 3 on the CPU)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the scaling sweep")
     parser.add_argument("--sweep-boxes", type=_int_list, default=SWEEP_BOXES,
                         help="GT boxes per image of the sweep (at --image-size)")
     parser.add_argument("--sweep-short-sides", type=_int_list, default=SWEEP_SHORT_SIDES,
                         help="image short sides of the sweep (long side x 1333/800)")
     parser.add_argument("--sweep-batch-size", type=int, default=None,
-                        help="images per sweep batch (default 1: figures per image)")
-    parser.add_argument("--sweep-iters", type=int, default=10 if cuda else 3)
-    parser.add_argument("--sweep-warmup", type=int, default=2 if cuda else 1)
+                        help="images per sweep batch (default 1: the figures are per image)")
+    parser.add_argument("--sweep-iters", type=int, default=None,
+                        help="timed rounds per sweep point (default: 10 on CUDA, 1 on the CPU)")
+    parser.add_argument("--sweep-warmup", type=int, default=None,
+                        help="untimed rounds per sweep point (default: 2 on CUDA, 1 on the CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
@@ -216,7 +230,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _default(value: Optional[int], on_cuda: int, on_cpu: int, cuda: bool) -> int:
+    return value if value is not None else (on_cuda if cuda else on_cpu)
+
+
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    """Validated settings; counts left unset get the defaults of the device (CUDA / CPU)."""
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:
@@ -224,11 +243,26 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     if args.fpn_channels % 32:
         raise ValueError(f"--fpn-channels must be a multiple of 32 (GroupNorm), got "
                          f"{args.fpn_channels}")
-    for name in ("batch_size", "boxes", "iters", "sweep_iters", "num_classes"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available")
+    cuda = args.device.startswith("cuda")
+    counts = {
+        "batch_size": _default(args.batch_size, 2, 1, cuda),
+        "warmup": _default(args.warmup, 2, 1, cuda),
+        "iters": _default(args.iters, 10, 3, cuda),
+        "assign_iters": _default(args.assign_iters, 20, 3, cuda),
+        "sweep_iters": _default(args.sweep_iters, 10, 1, cuda),
+        "sweep_warmup": _default(args.sweep_warmup, 2, 1, cuda),
+        "sweep_batch_size": _default(args.sweep_batch_size, 1, 1, cuda),
+    }
+    positive = dict(counts, boxes=args.boxes, num_classes=args.num_classes)
+    for name in ("batch_size", "iters", "assign_iters", "sweep_iters", "sweep_batch_size",
+                 "boxes", "num_classes"):
+        if positive[name] < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {positive[name]}")
+    for name in ("warmup", "sweep_warmup"):
+        if counts[name] < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {counts[name]}")
     return BenchSettings(
         device=args.device,
         models=models,
@@ -237,24 +271,18 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         num_convs=args.num_convs,
         top_block_in_feature=args.top_block_in_feature,
         num_classes=args.num_classes,
-        batch_size=args.batch_size,
         image_size=tuple(args.image_size),
         boxes=args.boxes,
         score_thresh=args.score_thresh,
-        warmup=args.warmup,
-        iters=args.iters,
-        assign_iters=args.assign_iters or max(args.iters, 5),
         sweep=not args.no_sweep,
         sweep_boxes=tuple(args.sweep_boxes),
         sweep_short_sides=tuple(args.sweep_short_sides),
-        sweep_batch_size=args.sweep_batch_size or 1,
-        sweep_iters=args.sweep_iters,
-        sweep_warmup=args.sweep_warmup,
         seed=args.seed,
         threads=args.threads,
         configs={"PseudoIoU": args.pseudo_iou_config, "AutoAssign": args.autoassign_config},
         output=args.output,
         plot=args.plot,
+        **counts,
     )
 
 
