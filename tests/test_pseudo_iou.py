@@ -446,6 +446,24 @@ def test_paper_losses_iou_and_plain_normaliser(model):
     assert "loss_centerness" not in losses
 
 
+def test_initial_losses_match_the_init_derived_values(model):
+    """Spec A9, from the init (prior 0.01, near-zero regression and centerness outputs): per
+    positive 0.25 * 0.99^2 * ln(100) = 1.1282 of focal loss (plus the negatives' tiny share),
+    centerness BCE ln 2, GIoU loss ~1."""
+    image = torch.rand(3, 64, 64) * 255
+    batch = [{"image": image, "instances": instances([[4.0, 6.0, 40.0, 50.0]], [1])}]
+    with EventStorage() as storage:
+        losses = model(batch)
+        num_pos = storage.latest()["pseudo_iou/num_pos_per_image"][0]
+    num_points = 64 + 16 + 4 + 1 + 1
+    negatives = (num_points * 3 - num_pos) * 0.75 * 0.01 ** 2 * -math.log(0.99) / num_pos
+    assert losses["loss_cls"].item() == pytest.approx(
+        0.25 * 0.99 ** 2 * math.log(100) + negatives, rel=0.02
+    )
+    assert losses["loss_centerness"].item() == pytest.approx(math.log(2), rel=0.01)
+    assert losses["loss_box_reg"].item() == pytest.approx(1.0, abs=0.02)
+
+
 def test_training_forward_gradients_reach_every_head_parameter(model):
     torch.manual_seed(0)
     image = torch.rand(3, 64, 64) * 255
