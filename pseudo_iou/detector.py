@@ -277,6 +277,12 @@ class PseudoIoU(AnchorFreeDetector):
         has_pos = bool(num_pos_local > 0)
 
         if has_pos:
+            if not bool(torch.isfinite(pred_ltrb).all()):
+                # Else fvcore's giou_loss fails with "bad box: x1 larger than x2".
+                raise FloatingPointError(
+                    "PseudoIoU: non-finite box predictions at positive points (training "
+                    "diverged; lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS)"
+                )
             if self.reg_loss_type == "giou":
                 reg = giou_loss(
                     _ltrb_to_boxes(pred_ltrb),
