@@ -61,8 +61,8 @@ What is measured (interleaved A B C D A B C D ... after ``--warmup`` rounds; med
     backbones being identical, their features are computed once per image size.
 
 Defaults: CUDA 2 images, 2 warm-up + 10 timed rounds (20 for assignment + loss and
-post-processing), sweep 2 + 10; CPU 1 image, 1 + 3 rounds (3), sweep 1 + 1, to stay well under
-10 minutes on 2 cores. Every count is a flag (``--help``).
+post-processing), sweep 2 + 10; CPU 1 image, 1 + 3 rounds (3), sweep 0 + 1 (the main run has
+warmed up the same code), to stay near 10 minutes on 2 cores. Every count is a flag (``--help``).
 
 Outputs
     ``<output>/benchmark_<device>.json`` (settings, machine, every sample, medians, ratios to
@@ -158,6 +158,7 @@ class BenchSettings:
     warmup: int = 1
     iters: int = 3
     assign_iters: int = 5
+    main_run: bool = True
     sweep: bool = True
     sweep_boxes: Tuple[int, ...] = SWEEP_BOXES
     sweep_short_sides: Tuple[int, ...] = SWEEP_SHORT_SIDES
@@ -212,6 +213,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="timed rounds of assignment + loss and of post-processing "
                              "(default: 20 on CUDA, 3 on the CPU)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the scaling sweep")
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="only the scaling sweep (no train / inference measurements)")
     parser.add_argument("--sweep-boxes", type=_int_list, default=SWEEP_BOXES,
                         help="GT boxes per image of the sweep (at --image-size)")
     parser.add_argument("--sweep-short-sides", type=_int_list, default=SWEEP_SHORT_SIDES,
@@ -221,7 +224,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--sweep-iters", type=int, default=None,
                         help="timed rounds per sweep point (default: 10 on CUDA, 1 on the CPU)")
     parser.add_argument("--sweep-warmup", type=int, default=None,
-                        help="untimed rounds per sweep point (default: 2 on CUDA, 1 on the CPU)")
+                        help="untimed rounds per sweep point (default: 2 on CUDA, 0 on the CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
@@ -245,6 +248,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
                          f"{args.fpn_channels}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available")
+    if args.no_sweep and args.sweep_only:
+        raise ValueError("--no-sweep and --sweep-only leave nothing to measure")
     cuda = args.device.startswith("cuda")
     counts = {
         "batch_size": _default(args.batch_size, 2, 1, cuda),
@@ -252,7 +257,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         "iters": _default(args.iters, 10, 3, cuda),
         "assign_iters": _default(args.assign_iters, 20, 3, cuda),
         "sweep_iters": _default(args.sweep_iters, 10, 1, cuda),
-        "sweep_warmup": _default(args.sweep_warmup, 2, 1, cuda),
+        # CPU: the main run has warmed up the same code paths; only the shapes differ.
+        "sweep_warmup": _default(args.sweep_warmup, 2, 0, cuda),
         "sweep_batch_size": _default(args.sweep_batch_size, 1, 1, cuda),
     }
     positive = dict(counts, boxes=args.boxes, num_classes=args.num_classes)
@@ -274,6 +280,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         image_size=tuple(args.image_size),
         boxes=args.boxes,
         score_thresh=args.score_thresh,
+        main_run=not args.sweep_only,
         sweep=not args.no_sweep,
         sweep_boxes=tuple(args.sweep_boxes),
         sweep_short_sides=tuple(args.sweep_short_sides),
@@ -1018,7 +1025,7 @@ def run_benchmark(s: BenchSettings, argv: Optional[Sequence[str]] = None) -> Dic
     }
     models, build_errors = build_models(s)
     report["build_errors"] = build_errors
-    results = measure_main(models, s)
+    results = measure_main(models, s) if s.main_run else {n: {} for n in models}
     for name, err in build_errors.items():
         results[name] = {"error": err}
     results = {n: results[n] for n in s.models if n in results}
@@ -1031,7 +1038,8 @@ def run_benchmark(s: BenchSettings, argv: Optional[Sequence[str]] = None) -> Dic
     report["wall_s"] = round(time.time() - started, 1)
 
     m = report["machine"]
-    where = m.get("gpu") or f"{m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} threads"
+    where = m.get("gpu") or (f"{m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} "
+                             f"thread{'s' if m['torch_threads'] > 1 else ''}")
     h, w = s.image_size
     heading = (f"R-{s.depth}-FPN, {s.batch_size} x {h}x{w}, {s.boxes} GT boxes/image, "
                f"float32, {device.type} ({where}); median of {s.iters} "
@@ -1056,7 +1064,9 @@ def run_benchmark(s: BenchSettings, argv: Optional[Sequence[str]] = None) -> Dic
     plot = s.plot if s.plot is not None else os.path.join(
         REPO_ROOT, "docs", f"benchmark_scaling_{device.type}.png")
     if sweep and plot:
-        plot_sweep(sweep, list(models), plot, f"Assignment + loss (fwd+bwd): {where}")
+        plot_sweep(sweep, list(models), plot,
+                   f"Assignment + loss, fwd+bwd, {s.sweep_batch_size} image, median of "
+                   f"{s.sweep_iters}: {where}")
         report["plot"] = plot
         with open(stem + ".json", "w") as f:
             json.dump(report, f, indent=1)
