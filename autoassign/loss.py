@@ -267,7 +267,11 @@ def negative_box_prob(
     gt_idx, loc_idx = pairs.gt_idx, pairs.loc_idx
     if gt_idx.numel() == 0:
         return box_prob, pred_ltrb.new_zeros(0)
-    unique_loc, inverse = torch.unique(loc_idx, return_inverse=True)
+    # Locations inside some box and each pair's position among them, without sorting.
+    inside = torch.zeros(num_locations, dtype=torch.bool, device=loc_idx.device)
+    inside[loc_idx] = True
+    unique_loc = torch.nonzero(inside, as_tuple=True)[0]
+    inverse = (torch.cumsum(inside, 0) - 1)[loc_idx]
     loc_points = points[unique_loc]
     loc_ltrb = pred_ltrb[unique_loc]
     pred_boxes = torch.cat([loc_points - loc_ltrb[:, :2], loc_points + loc_ltrb[:, 2:]], dim=1)
