@@ -4,7 +4,6 @@ Detectron2's ``DenseDetector._ema_update`` is a per-process moving average: not 
 across workers and not checkpointed. Both papers' released code normalises each loss by the
 *current* value averaged over GPUs (mmdet ``reduce_mean``); this is that, once per call.
 """
-import torch
 import torch.distributed as dist
 from torch import Tensor
 

@@ -4,18 +4,25 @@ FCOS-style inference (threshold, top-k per level, decode, class-aware NMS, detec
 through Detectron2's decode helpers. Subclasses implement ``forward_training`` and
 ``inference_scores``; label assignment never runs at test time.
 """
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from detectron2.layers import batched_nms
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec, batched_nms
+from detectron2.modeling.backbone import Backbone, build_backbone
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransformLinear
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 
-__all__ = ["AnchorFreeDetector", "build_point_generator"]
+__all__ = [
+    "AnchorFreeDetector",
+    "build_point_generator",
+    "build_backbone_for_head",
+    "check_ground_truth",
+]
 
 
 def build_point_generator(strides: List[int], offset: float) -> DefaultAnchorGenerator:
@@ -27,6 +34,64 @@ def build_point_generator(strides: List[int], offset: float) -> DefaultAnchorGen
     return DefaultAnchorGenerator(
         sizes=[[s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=offset
     )
+
+
+def build_backbone_for_head(
+    cfg: CfgNode, in_features: List[str], config_key: str
+) -> Tuple[Backbone, List[ShapeSpec]]:
+    """
+    Build ``cfg``'s backbone and check that it produces ``in_features`` (the head's
+    ``config_key``, named in errors), from the finest to the coarsest level.
+
+    Returns:
+        the backbone and the ShapeSpec of each of ``in_features``.
+    """
+    backbone = build_backbone(cfg)
+    shapes = backbone.output_shape()
+    missing = [f for f in in_features if f not in shapes]
+    if missing:
+        raise ValueError(
+            f"{config_key}={list(in_features)} names {missing}, which the backbone "
+            f"{cfg.MODEL.BACKBONE.NAME} does not produce (it has {sorted(shapes)})"
+        )
+    feature_shapes = [shapes[f] for f in in_features]
+    strides = [s.stride for s in feature_shapes]
+    if strides != sorted(strides):
+        raise ValueError(
+            f"{config_key}={list(in_features)} must go from the finest to the coarsest level, "
+            f"got strides {strides}"
+        )
+    return backbone, feature_shapes
+
+
+def check_ground_truth(
+    gt_boxes: Tensor, gt_classes: Tensor, num_classes: int, image_index: int
+) -> None:
+    """
+    Clear errors for ground truth no loss can use, which would otherwise train on as NaN or fail
+    with an index error: non-finite or inverted (x1 < x0, y1 < y0) XYXY boxes, classes outside
+    [0, num_classes). Empty, zero-size and out-of-image boxes are legal (handled by the losses).
+
+    Args:
+        gt_boxes: (G, 4) XYXY; gt_classes: (G,); image_index: the image's index in the batch.
+    """
+    bad = (
+        ~torch.isfinite(gt_boxes).all(dim=1)
+        | (gt_boxes[:, 2] < gt_boxes[:, 0])
+        | (gt_boxes[:, 3] < gt_boxes[:, 1])
+    )
+    if bool(bad.any()):
+        idx = int(bad.nonzero()[0, 0])
+        kind = "non-finite" if not torch.isfinite(gt_boxes[idx]).all() else "inverted"
+        raise ValueError(
+            f"Image {image_index} of the batch has a {kind} gt box #{idx}: "
+            f"{gt_boxes[idx].tolist()} (XYXY; needs finite coordinates, x1 >= x0, y1 >= y0)"
+        )
+    if gt_classes.numel() and (int(gt_classes.min()) < 0 or int(gt_classes.max()) >= num_classes):
+        raise ValueError(
+            f"Image {image_index} of the batch has gt_classes {gt_classes.unique().tolist()} "
+            f"outside [0, {num_classes}) (the config's NUM_CLASSES is {num_classes})"
+        )
 
 
 class AnchorFreeDetector(DenseDetector):
@@ -68,6 +133,22 @@ class AnchorFreeDetector(DenseDetector):
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
         self.vis_period = vis_period
+
+    @staticmethod
+    def base_kwargs_from_config(cfg: CfgNode, head_cfg: CfgNode) -> Dict:
+        """The constructor arguments both detectors read the same way: inference settings from
+        their ``MODEL.<ARCH>`` node ``head_cfg``, the rest from Detectron2's keys."""
+        return {
+            "num_classes": head_cfg.NUM_CLASSES,
+            "test_score_thresh": head_cfg.SCORE_THRESH_TEST,
+            "test_topk_candidates": head_cfg.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": head_cfg.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+            "vis_period": cfg.VIS_PERIOD,
+        }
 
     @property
     def strides(self) -> List[int]:

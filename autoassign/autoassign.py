@@ -11,10 +11,14 @@ from torch import Tensor, nn
 
 from anchor_free.distributed import reduce_mean
 from anchor_free.head import AnchorFreeHead
-from anchor_free.meta_arch import AnchorFreeDetector, build_point_generator
+from anchor_free.meta_arch import (
+    AnchorFreeDetector,
+    build_backbone_for_head,
+    build_point_generator,
+    check_ground_truth,
+)
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList, Instances
 
 from .center_prior import CenterPrior
@@ -143,16 +147,9 @@ class AutoAssign(AnchorFreeDetector):
     def from_config(cls, cfg):
         aa = cfg.MODEL.AUTOASSIGN
         _validate_config(cfg)
-        backbone = build_backbone(cfg)
-        backbone_shape = backbone.output_shape()
-        missing = [f for f in aa.IN_FEATURES if f not in backbone_shape]
-        if missing:
-            raise ValueError(
-                f"MODEL.AUTOASSIGN.IN_FEATURES={list(aa.IN_FEATURES)} names {missing}, which "
-                f"the backbone {cfg.MODEL.BACKBONE.NAME} does not produce "
-                f"(it has {sorted(backbone_shape)})"
-            )
-        feature_shapes: List[ShapeSpec] = [backbone_shape[f] for f in aa.IN_FEATURES]
+        backbone, feature_shapes = build_backbone_for_head(
+            cfg, aa.IN_FEATURES, "MODEL.AUTOASSIGN.IN_FEATURES"
+        )
         head = AnchorFreeHead(
             input_shape=feature_shapes,
             num_classes=aa.NUM_CLASSES,
@@ -179,7 +176,6 @@ class AutoAssign(AnchorFreeDetector):
             # Points at (j * s, i * s): the release's ShiftGenerator OFFSET = 0.0 (spec B2).
             "point_generator": build_point_generator([s.stride for s in feature_shapes], 0.0),
             "center_prior": center_prior,
-            "num_classes": aa.NUM_CLASSES,
             "confidence": aa.CONFIDENCE,
             "objectness": aa.OBJECTNESS,
             "tau": aa.TAU,
@@ -189,14 +185,7 @@ class AutoAssign(AnchorFreeDetector):
             "norm_loss_weight": aa.NORM_LOSS_WEIGHT,
             "focal_loss_alpha": aa.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": aa.FOCAL_LOSS_GAMMA,
-            "test_score_thresh": aa.SCORE_THRESH_TEST,
-            "test_topk_candidates": aa.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": aa.NMS_THRESH_TEST,
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "input_format": cfg.INPUT.FORMAT,
-            "vis_period": cfg.VIS_PERIOD,
+            **cls.base_kwargs_from_config(cfg, aa),
         }
 
     # ------------------------------------------------------------------------------------------
@@ -294,7 +283,7 @@ class AutoAssign(AnchorFreeDetector):
         for n, instances in enumerate(gt_instances):
             gt_boxes = instances.gt_boxes.tensor.float()
             gt_classes = instances.gt_classes.long()
-            self._check_ground_truth(gt_boxes, gt_classes, n)
+            check_ground_truth(gt_boxes, gt_classes, self.num_classes, n)
             pairs, terms = self.positive_terms_single_image(
                 confidence_prob[n], pred_ltrb[n], gt_boxes, gt_classes, out["grid_sizes"]
             )
@@ -333,20 +322,6 @@ class AutoAssign(AnchorFreeDetector):
         if self.objectness == "explicit":
             losses["loss_obj"] = explicit_objectness_loss(out["obj_logits"], inside_any)
         return losses
-
-    def _check_ground_truth(self, gt_boxes: Tensor, gt_classes: Tensor, image_index: int) -> None:
-        """Clear errors for ground truth the loss cannot use (instead of NaN or index errors)."""
-        if not torch.isfinite(gt_boxes).all():
-            bad = gt_boxes[~torch.isfinite(gt_boxes).all(dim=1)][0].tolist()
-            raise ValueError(f"Image {image_index} of the batch has a non-finite gt box {bad}")
-        if gt_classes.numel() and (
-            int(gt_classes.min()) < 0 or int(gt_classes.max()) >= self.num_classes
-        ):
-            raise ValueError(
-                f"Image {image_index} of the batch has gt_classes {gt_classes.unique().tolist()}"
-                f" outside [0, {self.num_classes}) (MODEL.AUTOASSIGN.NUM_CLASSES="
-                f"{self.num_classes})"
-            )
 
     # ------------------------------------------------------------------------------------------
     # Inference

@@ -15,9 +15,14 @@ from torch import Tensor, nn
 
 from anchor_free.distributed import reduce_mean
 from anchor_free.head import AnchorFreeHead
-from anchor_free.meta_arch import AnchorFreeDetector, build_point_generator
+from anchor_free.meta_arch import (
+    AnchorFreeDetector,
+    build_backbone_for_head,
+    build_point_generator,
+    check_ground_truth,
+)
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
@@ -133,21 +138,10 @@ class PseudoIoU(AnchorFreeDetector):
         _validate_config(cfg)
         pcfg = cfg.MODEL.PSEUDO_IOU
         assigner = build_assigner(cfg)
-        backbone = build_backbone(cfg)
-        backbone_shape = backbone.output_shape()
-        missing = [f for f in pcfg.IN_FEATURES if f not in backbone_shape]
-        if missing:
-            raise ValueError(
-                f"MODEL.PSEUDO_IOU.IN_FEATURES={list(pcfg.IN_FEATURES)}: {missing} not produced by "
-                f"the backbone (outputs: {sorted(backbone_shape)})"
-            )
-        feature_shapes = [backbone_shape[f] for f in pcfg.IN_FEATURES]
+        backbone, feature_shapes = build_backbone_for_head(
+            cfg, pcfg.IN_FEATURES, "MODEL.PSEUDO_IOU.IN_FEATURES"
+        )
         strides = [s.stride for s in feature_shapes]
-        if strides != sorted(strides):
-            raise ValueError(
-                f"MODEL.PSEUDO_IOU.IN_FEATURES={list(pcfg.IN_FEATURES)} must go from the finest to "
-                f"the coarsest level, got strides {strides}"
-            )
         head = AnchorFreeHead(
             input_shape=feature_shapes,
             num_classes=pcfg.NUM_CLASSES,
@@ -165,20 +159,12 @@ class PseudoIoU(AnchorFreeDetector):
             "head_in_features": list(pcfg.IN_FEATURES),
             "point_generator": build_point_generator(strides, pcfg.POINT_OFFSET),
             "assigner": assigner,
-            "num_classes": pcfg.NUM_CLASSES,
             "focal_loss_alpha": pcfg.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": pcfg.FOCAL_LOSS_GAMMA,
             "reg_loss_type": pcfg.REG_LOSS,
             "reg_loss_weight": pcfg.REG_LOSS_WEIGHT,
             "centerness_weighted_reg_loss": pcfg.CENTERNESS_WEIGHTED_REG_LOSS,
-            "test_score_thresh": pcfg.SCORE_THRESH_TEST,
-            "test_topk_candidates": pcfg.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": pcfg.NMS_THRESH_TEST,
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "input_format": cfg.INPUT.FORMAT,
-            "vis_period": cfg.VIS_PERIOD,
+            **cls.base_kwargs_from_config(cfg, pcfg),
         }
 
     # ------------------------------------------------------------------------------- training
@@ -210,7 +196,7 @@ class PseudoIoU(AnchorFreeDetector):
         labels, boxes, matched, candidates = [], [], [], []
         for img_idx, instances in enumerate(gt_instances):
             gt_boxes = instances.gt_boxes
-            _check_gt_boxes(gt_boxes.tensor, img_idx)
+            check_ground_truth(gt_boxes.tensor, instances.gt_classes, self.num_classes, img_idx)
             matched_idxs, candidate_idxs = self.assigner(centers, num_points_per_level, gt_boxes)
             is_pos = matched_idxs >= 0
             if len(gt_boxes) > 0:
@@ -379,21 +365,6 @@ def build_assigner(cfg) -> PointAssigner:
         ),
         tie_break=pcfg.TIE_BREAK,
     )
-
-
-def _check_gt_boxes(boxes: Tensor, img_idx: int) -> None:
-    """Clear error for non-finite or inverted ground-truth boxes (would otherwise train on)."""
-    bad = (
-        ~torch.isfinite(boxes).all(dim=1)
-        | (boxes[:, 2] < boxes[:, 0])
-        | (boxes[:, 3] < boxes[:, 1])
-    )
-    if bool(bad.any()):
-        idx = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"Image {img_idx} of the batch has an invalid gt box #{idx}: {boxes[idx].tolist()} "
-            "(XYXY; needs finite coordinates with x1 >= x0 and y1 >= y0)"
-        )
 
 
 def _validate_config(cfg) -> None:

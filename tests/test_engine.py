@@ -2,7 +2,6 @@
 config errors, global-norm gradient clipping, exact resume after a kill, strict --eval-only
 loading, non-finite losses, and CPU multi-process launch."""
 import json
-import math
 import os
 import signal
 import subprocess
