@@ -247,7 +247,7 @@ def test_bad_arguments_give_clear_errors():
 
 def test_counts_default_by_device_and_flags_override_them():
     cpu = bench.settings_from_args(bench.parse_args(["--device", "cpu"]))
-    assert (cpu.batch_size, cpu.warmup, cpu.iters, cpu.assign_iters) == (1, 1, 3, 3)
+    assert (cpu.batch_size, cpu.warmup, cpu.iters, cpu.assign_iters) == (1, 0, 3, 3)
     assert (cpu.sweep_warmup, cpu.sweep_iters, cpu.sweep_batch_size) == (0, 1, 1)
     assert cpu.image_size == (800, 1333) and cpu.boxes == 20 and cpu.depth == 50
     assert cpu.sweep_boxes == (1, 10, 100, 300, 1000) and cpu.sweep_short_sides == (512, 800, 1333)
