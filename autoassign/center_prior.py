@@ -10,7 +10,8 @@ __all__ = ["CenterPrior"]
 
 class CenterPrior(nn.Module):
     """
-    ``G(d) = prod_{x, y} exp(-(d - mu_c)^2 / (2 sigma_c^2))`` (unnormalised, no 1/(sigma sqrt(2 pi))),
+    ``G(d) = prod_{x, y} exp(-(d - mu_c)^2 / (2 sigma_c^2))`` (unnormalised: no
+    1 / (sigma sqrt(2 pi)) factor),
     with ``d`` the signed offset (location - box centre) divided by the stride of the location's
     FPN level.
 

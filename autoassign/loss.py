@@ -96,7 +96,7 @@ def inbox_pairs(
         InboxPairs with M entries (M = 0 when no box contains a location).
     """
     device, dtype = gt_boxes.device, gt_boxes.dtype
-    num_gt, num_levels = gt_boxes.shape[0], len(strides)
+    num_levels = len(strides)
     # Per level: stride, grid height / width, index of its first location. Shapes (1, levels).
     stride = torch.tensor(strides, dtype=dtype, device=device)[None]
     height = torch.tensor([h for h, _ in grid_sizes], device=device)[None]

@@ -193,7 +193,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
         DetectionCheckpointer(model).load(weights)
     dicts = DatasetCatalog.get(args.dataset)
     if not 0 <= args.index < len(dicts):
-        raise IndexError(f"--index {args.index} out of range: {args.dataset} has {len(dicts)} images")
+        raise IndexError(
+            f"--index {args.index} out of range: {args.dataset} has {len(dicts)} images"
+        )
     mapper = DatasetMapper(
         is_train=True,  # keeps the annotations; the augmentation is the deterministic test resize
         augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],

@@ -37,7 +37,8 @@ def test_config_defaults_are_the_release():
     cfg = get_project_cfg().MODEL.AUTOASSIGN
     assert (cfg.PRIOR_PROB, cfg.BBOX_BIAS_INIT, cfg.TAU, cfg.LOC_LAMBDA) == (0.02, 4.0, 1 / 3, 5.0)
     assert (cfg.CENTER_PRIOR, cfg.CONFIDENCE, cfg.OBJECTNESS) == ("per_class", "joint", "implicit")
-    assert (cfg.MU_INIT, cfg.SIGMA_INIT, cfg.FREEZE_MU, cfg.FREEZE_SIGMA) == (0.0, 1.0, False, False)
+    assert (cfg.MU_INIT, cfg.SIGMA_INIT) == (0.0, 1.0)
+    assert (cfg.FREEZE_MU, cfg.FREEZE_SIGMA) == (False, False)
     assert (cfg.USE_POS_WEIGHTS, cfg.USE_NEG_WEIGHTS, cfg.NORM_LOSS_WEIGHT) == (True, True, 0.75)
     assert (cfg.FOCAL_LOSS_ALPHA, cfg.FOCAL_LOSS_GAMMA) == (0.25, 2.0)
     assert (cfg.SCORE_THRESH_TEST, cfg.TOPK_CANDIDATES_TEST, cfg.NMS_THRESH_TEST) == (
@@ -52,7 +53,8 @@ def test_config_defaults_are_the_release():
         ("CENTER_PRIOR", "gauss", "MODEL.AUTOASSIGN.CENTER_PRIOR must be one of .*got 'gauss'"),
         ("CONFIDENCE", "both", "MODEL.AUTOASSIGN.CONFIDENCE must be one of .*got 'both'"),
         ("OBJECTNESS", "yes", "MODEL.AUTOASSIGN.OBJECTNESS must be one of .*got 'yes'"),
-        ("FOCAL_LOSS_ALPHA", 1.5, r"MODEL.AUTOASSIGN.FOCAL_LOSS_ALPHA must be in \[0, 1\], got 1.5"),
+        ("FOCAL_LOSS_ALPHA", 1.5,
+         r"MODEL.AUTOASSIGN.FOCAL_LOSS_ALPHA must be in \[0, 1\], got 1.5"),
         ("PRIOR_PROB", 0.0, r"MODEL.AUTOASSIGN.PRIOR_PROB must be in \(0, 1\), got 0.0"),
         ("LOC_LAMBDA", -5.0, "MODEL.AUTOASSIGN.LOC_LAMBDA must be >= 0, got -5.0"),
         ("IN_FEATURES", ["p3", "p9"], r"IN_FEATURES=\['p3', 'p9'\] names \['p9'\]"),
@@ -217,7 +219,8 @@ SWITCHES = {
     "release": [],
     "center-none": ["MODEL.AUTOASSIGN.CENTER_PRIOR", "none"],
     "center-fixed-mu1-sigma2": ["MODEL.AUTOASSIGN.CENTER_PRIOR", "fixed",
-                                "MODEL.AUTOASSIGN.MU_INIT", 1.0, "MODEL.AUTOASSIGN.SIGMA_INIT", 2.0],
+                                "MODEL.AUTOASSIGN.MU_INIT", 1.0,
+                                "MODEL.AUTOASSIGN.SIGMA_INIT", 2.0],
     "center-shared": ["MODEL.AUTOASSIGN.CENTER_PRIOR", "shared"],
     "freeze-mu": ["MODEL.AUTOASSIGN.FREEZE_MU", True],
     "conf-cls-only": ["MODEL.AUTOASSIGN.CONFIDENCE", "cls_only"],
