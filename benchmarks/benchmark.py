@@ -63,8 +63,8 @@ What is measured (interleaved A B C D A B C D ... after ``--warmup`` rounds; med
 Defaults: CUDA 2 images, 2 warm-up + 10 timed rounds (20 for assignment + loss and
 post-processing), sweep 2 + 10; CPU 1 image, 0 + 3 rounds, sweep 0 + 1 (each CPU call starts
 from a trimmed heap, so a first call costs about what later ones do, and the median of 3 drops
-one outlier), about 6 minutes on 2 idle cores (R-50 at 800x1333 is ~15 s of CPU time per train
-step). Every count is a flag (``--help``).
+one outlier). Measured on 2 shared AMD EPYC cores with ``--threads 1``: 10 minutes of CPU time,
+20 minutes of wall time while three other CPU-bound processes ran (load average 5-7). Every count is a flag (``--help``).
 
 Outputs
     ``<output>/benchmark_<device>.json`` (settings, machine, every sample, medians, ratios to
