@@ -64,7 +64,8 @@ Defaults: CUDA 2 images, 2 warm-up + 10 timed rounds (20 for assignment + loss a
 post-processing), sweep 2 + 10; CPU 1 image, 0 + 3 rounds, sweep 0 + 1 (each CPU call starts
 from a trimmed heap, so a first call costs about what later ones do, and the median of 3 drops
 one outlier). Measured on 2 shared AMD EPYC cores with ``--threads 1``: 10 minutes of CPU time,
-20 minutes of wall time while three other CPU-bound processes ran (load average 5-7). Every count is a flag (``--help``).
+20 minutes of wall time while three other CPU-bound processes ran (load average 5-7). Every
+count is a flag (``--help``).
 
 Outputs
     ``<output>/benchmark_<device>.json`` (settings, machine, every sample, medians, ratios to
@@ -730,7 +731,7 @@ def measure_main(models: Dict[str, nn.Module], s: BenchSettings) -> Dict[str, An
     record("postprocess", interleaved(
         list(prepared), lambda n: postprocess(models[n], prepared[n], device),
         s.warmup, s.assign_iters, device, errors))
-    del prepared
+    prepared.clear()  # free the head outputs
     for name, err in errors.items():
         results[name] = {"error": err}
     return results
@@ -790,7 +791,7 @@ def measure_sweep(models: Dict[str, nn.Module], s: BenchSettings) -> List[Dict[s
             else:
                 row["models"][name] = {"error": errors.get(name, "not run")}
         rows.append(row)
-        del prepared
+        prepared.clear()
     return rows
 
 
