@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from anchor_free.distributed import reduce_mean
 from anchor_free.head import AnchorFreeHead
+from anchor_free.inbox import InboxPairs, inbox_pairs, location_strides
 from anchor_free.meta_arch import (
     AnchorFreeDetector,
     build_backbone_for_head,
@@ -25,13 +26,10 @@ from .center_prior import CenterPrior
 from .config import CENTER_PRIOR_CHOICES, CONFIDENCE_CHOICES, OBJECTNESS_CHOICES, check_choice
 from .loss import (
     EPS,
-    InboxPairs,
     PositiveTerms,
     center_offsets,
     explicit_objectness_loss,
-    inbox_pairs,
     localization_likelihood,
-    location_strides,
     negative_bag_loss,
     negative_box_prob,
     positive_terms,

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anchor_free.inbox import inbox_pairs
 from anchor_free.meta_arch import build_point_generator
 from autoassign import AutoAssign, CenterPrior
-from autoassign.loss import center_offsets, inbox_pairs, negative_box_prob, positive_terms
+from autoassign.loss import center_offsets, negative_box_prob, positive_terms
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
 from detectron2.structures import Boxes, Instances

@@ -6,7 +6,7 @@ Local experiment behind the benchmark report: Pseudo-IoU's point assignment on t
 ``PointAssigner.__call__`` (like Detectron2's FCOS ``match_anchors``) builds the (R, G, 4)
 point-to-box distances of all R points and G boxes, then reduces over the 4 sides and over the
 boxes; time and memory grow with R x G. Only the pairs with the point strictly inside the box
-can be candidates, and ``autoassign.loss.inbox_pairs`` already enumerates exactly those from
+can be candidates, and ``anchor_free.inbox.inbox_pairs`` already enumerates exactly those from
 the regular point grids. This script builds the same ``(matched_idxs, candidate_idxs)`` from
 them (size ranges, min-area tie-break with the lowest box index on equal areas, then the
 Pseudo-IoU rule on the chosen box), checks that both agree on random images, and prints time
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 import benchmark as bench  # noqa: E402
-from autoassign.loss import inbox_pairs  # noqa: E402
+from anchor_free.inbox import inbox_pairs  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
 from pseudo_iou.assignment import PointAssigner, size_ranges_from_sizes  # noqa: E402
 
