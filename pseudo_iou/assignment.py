@@ -1,9 +1,15 @@
 """Pseudo-IoU label assignment (spec A4): the metric, the alternative rules of the paper's
 Table 2, and the per-image point assigner.
 
-Naming: R = points (all FPN levels concatenated), G = ground-truth boxes of one image. Distances
-``ltrb`` are (left, top, right, bottom) from a point to the sides of a box, as returned by
-Detectron2's ``pairwise_point_box_distance``; all four are > 0 for a point strictly inside.
+Naming: R = points (all FPN levels concatenated), G = ground-truth boxes of one image, M = in-box
+(point, box) pairs. Distances ``ltrb`` are (left, top, right, bottom) from a point to the sides of
+a box, as returned by Detectron2's ``pairwise_point_box_distance``; all four are > 0 for a point
+strictly inside.
+
+:class:`PointAssigner` has two entries with the same outputs: ``__call__`` on arbitrary points
+builds the dense (R, G, 4) distances (time and memory O(R x G)); ``assign_grid`` on the regular
+FPN point grids (what the detector trains with) works on the M in-box pairs only
+(:func:`anchor_free.inbox.inbox_pairs`), O(M + R).
 """
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -11,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from anchor_free.inbox import grid_points, inbox_pairs
 from detectron2.structures import Boxes, pairwise_point_box_distance
 
 __all__ = [
@@ -169,13 +176,11 @@ class PointAssigner:
                         f"ranges {self.size_ranges}"
                     )
 
-    def point_size_ranges(self, num_points_per_level: List[int], device) -> Tensor:
+    def level_size_ranges(self, num_levels: int, device) -> Tensor:
         """
         Returns:
-            (R, 2) [low, high] per point (each level's range repeated over its points);
-            (-inf, inf) everywhere without ``size_ranges``.
+            (levels, 2) float32 [low, high] of each level; (-inf, inf) without ``size_ranges``.
         """
-        num_levels = len(num_points_per_level)
         if self.size_ranges is None:
             ranges = [(-float("inf"), float("inf"))] * num_levels
         elif len(self.size_ranges) != num_levels:
@@ -185,7 +190,15 @@ class PointAssigner:
             )
         else:
             ranges = self.size_ranges
-        ranges_t = torch.tensor(ranges, dtype=torch.float32, device=device)  # (L, 2)
+        return torch.tensor(ranges, dtype=torch.float32, device=device)
+
+    def point_size_ranges(self, num_points_per_level: List[int], device) -> Tensor:
+        """
+        Returns:
+            (R, 2) [low, high] per point (each level's range repeated over its points);
+            (-inf, inf) everywhere without ``size_ranges``.
+        """
+        ranges_t = self.level_size_ranges(len(num_points_per_level), device)  # (levels, 2)
         counts = torch.tensor(num_points_per_level, device=device)
         return ranges_t.repeat_interleave(counts, dim=0)
 
@@ -245,3 +258,99 @@ class PointAssigner:
         keep = has_candidate & self.rule(matched_ltrb)
         matched_idxs = torch.where(keep, candidate_idxs, -1)
         return matched_idxs, candidate_idxs
+
+    def sparse_exact(self, gt_boxes: Boxes) -> bool:
+        """
+        Whether :meth:`assign_grid` takes the sparse path for these boxes: strict inside (what
+        :func:`~anchor_free.inbox.inbox_pairs` enumerates) and finite box areas (finite
+        coordinates, no overflow; the dense path's ``inf`` cost marks non-candidates).
+        """
+        if not self.inside_strict:
+            return False
+        return len(gt_boxes) == 0 or bool(torch.isfinite(gt_boxes.area()).all())
+
+    @torch.no_grad()
+    def assign_grid(
+        self,
+        grid_sizes: Sequence[Tuple[int, int]],
+        strides: Sequence[int],
+        offset: float,
+        gt_boxes: Boxes,
+    ) -> Tuple[Tensor, Tensor]:
+        """
+        The assignment of the regular FPN point grids: the same outputs as ``__call__`` on the
+        points :func:`anchor_free.inbox.grid_points` gives (point (i, j) of level l at
+        ((j + offset) * s_l, (i + offset) * s_l), levels concatenated finest first, row-major:
+        Detectron2's anchor-generator layout), but computed on the M in-box (point, box) pairs
+        only: time and memory O(M + R) instead of O(R x G).
+
+        Sparse path (whenever :meth:`sparse_exact`, i.e. ``inside_strict`` and finite boxes):
+
+        1. the pairs with the point strictly inside the box (``inbox_pairs``), then the level
+           size range on ``max(l, t, r, b)`` of each pair's level (float32 bounds, inclusive,
+           as the dense path);
+        2. per point, the box of smallest area (``"min_area"``) or highest Pseudo-IoU
+           (``"max_pseudo_iou"``) with ``scatter_reduce``; ties go to the lowest box index,
+           which is what the dense ``min`` / ``max`` over boxes return (first extremal index;
+           checked by the tests on CPU);
+        3. :meth:`rule` on the chosen pair only.
+
+        Otherwise (``inside_strict=False``: points on a box side are candidates too, which
+        ``inbox_pairs`` does not enumerate; or non-finite boxes) the grid points are built and
+        the dense ``__call__`` runs.
+
+        Args:
+            grid_sizes: per level (H_l, W_l).
+            strides: per level stride s_l in input pixels.
+            offset: point offset in cells (Pseudo-IoU: 0.5, cell centres).
+            gt_boxes: G boxes of one image (XYXY, input pixels).
+        Returns:
+            matched_idxs: (R,) int64, R = sum_l H_l W_l, index of the box each point is positive
+                for, -1 for background.
+            candidate_idxs: (R,) int64, the box chosen by steps 1-2 (before the rule), -1 if none.
+        """
+        if len(grid_sizes) != len(strides):
+            raise ValueError(f"{len(grid_sizes)} grid sizes for {len(strides)} strides")
+        boxes = gt_boxes.tensor
+        device = boxes.device
+        num_points_per_level = [int(h) * int(w) for h, w in grid_sizes]
+        num_points = sum(num_points_per_level)
+        if not self.sparse_exact(gt_boxes):
+            points = grid_points(grid_sizes, strides, offset, dtype=boxes.dtype, device=device)
+            return self(points, num_points_per_level, gt_boxes)
+        ranges = self.level_size_ranges(len(grid_sizes), device)  # (levels, 2); checks count
+        matched = torch.full((num_points,), -1, dtype=torch.long, device=device)
+        candidates = matched.clone()
+        if len(gt_boxes) == 0 or num_points == 0:
+            return matched, candidates
+
+        pairs = inbox_pairs(boxes, list(grid_sizes), list(strides), offset)
+        gt_idx, loc_idx, ltrb = pairs.gt_idx, pairs.loc_idx, pairs.ltrb
+        if self.size_ranges is not None:
+            level_ends = torch.cumsum(torch.tensor(num_points_per_level, device=device), 0)
+            level = torch.bucketize(loc_idx, level_ends, right=True)  # (M,)
+            farthest_side = ltrb.max(dim=1).values
+            ok = (farthest_side >= ranges[level, 0]) & (farthest_side <= ranges[level, 1])
+            gt_idx, loc_idx, ltrb = gt_idx[ok], loc_idx[ok], ltrb[ok]
+
+        # Step 2: best value per point, then the lowest box index among the pairs reaching it.
+        if self.tie_break == "min_area":
+            value = gt_boxes.area()[gt_idx]
+            best = value.new_full((num_points,), float("inf"))
+            best = best.scatter_reduce(0, loc_idx, value, "amin")
+        else:
+            value = pseudo_iou(ltrb)
+            best = value.new_full((num_points,), -1.0)
+            best = best.scatter_reduce(0, loc_idx, value, "amax")
+        is_best = value == best[loc_idx]
+        no_box = torch.iinfo(torch.long).max
+        best_gt = torch.full((num_points,), no_box, dtype=torch.long, device=device)
+        best_gt = best_gt.scatter_reduce(0, loc_idx[is_best], gt_idx[is_best], "amin")
+        candidates = torch.where(best_gt != no_box, best_gt, candidates)
+
+        # Step 3 on the chosen pair: (point, box) pairs are unique, so one pair per point.
+        chosen = gt_idx == candidates[loc_idx]
+        loc_idx, gt_idx = loc_idx[chosen], gt_idx[chosen]
+        keep = self.rule(ltrb[chosen])
+        matched[loc_idx[keep]] = gt_idx[keep]
+        return matched, candidates

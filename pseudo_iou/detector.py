@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from anchor_free.distributed import reduce_mean
 from anchor_free.head import AnchorFreeHead
+from anchor_free.inbox import grid_points
 from anchor_free.meta_arch import (
     AnchorFreeDetector,
     build_backbone_for_head,
@@ -177,27 +178,59 @@ class PseudoIoU(AnchorFreeDetector):
     ) -> Dict[str, Tensor]:
         cls_logits, box_ltrb, ctr_logits = self.transpose_head_outputs(predictions)
         points = self.point_generator(features)
-        targets = self.label_points(points, gt_instances)
+        grid_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
+        targets = self.label_points(points, gt_instances, grid_sizes)
         self._log_assignment(targets, [len(p) for p in points], gt_instances)
         return self.losses(points, cls_logits, box_ltrb, ctr_logits, targets)
 
     @torch.no_grad()
-    def label_points(self, points: List[Boxes], gt_instances: List[Instances]) -> PointTargets:
+    def label_points(
+        self,
+        points: List[Boxes],
+        gt_instances: List[Instances],
+        grid_sizes: List[Tuple[int, int]],
+    ) -> PointTargets:
         """
+        Label the points with :meth:`PointAssigner.assign_grid` (sparse: in-box pairs only).
+
         Args:
-            points: per level, Boxes (R_l, 4): stride-sized squares centred on the points.
+            points: per level, Boxes (R_l, 4): stride-sized squares centred on the points, from
+                ``self.point_generator`` on feature maps of ``grid_sizes`` (R_l = H_l W_l).
             gt_instances: per image, with ``gt_boxes`` (input pixels) and ``gt_classes``.
+            grid_sizes: per level (H_l, W_l) of the feature maps.
         Returns:
             PointTargets for the batch (points of all levels concatenated).
         """
         num_points_per_level = [len(p) for p in points]
+        expected = [h * w for h, w in grid_sizes]
+        if num_points_per_level != expected:
+            raise ValueError(
+                f"label_points: {num_points_per_level} points per level do not match the "
+                f"feature grids {list(grid_sizes)} (H x W = {expected}); pass the points of "
+                "self.point_generator on those feature maps"
+            )
         centers = Boxes.cat(points).get_centers()  # (R, 2)
         num_points = centers.shape[0]
+        grid_args = (grid_sizes, self.strides, self.point_generator.offset)
+        # assign_grid recomputes the points as ((j + offset) s, (i + offset) s). Detectron2's
+        # generator gives bitwise those values for the usual offsets 0.5 and 0.0, not for all
+        # offsets (rounding); where they differ, the dense assignment on the given points runs.
+        on_grid = {}
         labels, boxes, matched, candidates = [], [], [], []
         for img_idx, instances in enumerate(gt_instances):
             gt_boxes = instances.gt_boxes
             check_ground_truth(gt_boxes.tensor, instances.gt_classes, self.num_classes, img_idx)
-            matched_idxs, candidate_idxs = self.assigner(centers, num_points_per_level, gt_boxes)
+            dtype = gt_boxes.tensor.dtype
+            if dtype not in on_grid:
+                on_grid[dtype] = torch.equal(
+                    centers.to(dtype), grid_points(*grid_args, dtype=dtype, device=centers.device)
+                )
+            if on_grid[dtype]:
+                matched_idxs, candidate_idxs = self.assigner.assign_grid(*grid_args, gt_boxes)
+            else:
+                matched_idxs, candidate_idxs = self.assigner(
+                    centers, num_points_per_level, gt_boxes
+                )
             is_pos = matched_idxs >= 0
             if len(gt_boxes) > 0:
                 safe_idxs = matched_idxs.clamp(min=0)

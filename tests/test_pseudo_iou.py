@@ -402,7 +402,7 @@ def test_losses_match_independent_reference(model, num_boxes):
     ltrb = torch.rand(2, sum(num_points), 4, generator=gen) * 3
     ctr = torch.randn(2, sum(num_points), 1, generator=gen)
     split = lambda t: list(t.split(num_points, dim=1))  # noqa: E731
-    targets = model.label_points(points, gt)
+    targets = model.label_points(points, gt, sizes)
     losses = model.losses(points, split(cls), split(ltrb), split(ctr), targets)
 
     levels = [lvl for lvl, n in enumerate(num_points) for _ in range(n)]
@@ -433,7 +433,7 @@ def test_paper_losses_iou_and_plain_normaliser(model):
     points = model.point_generator([torch.zeros(1, 1, h, w) for h, w in sizes])
     num_points = [len(p) for p in points]
     gt = [instances([[0.0, 0.0, 8.0, 8.0]], [1])]
-    targets = model.label_points(points, gt)
+    targets = model.label_points(points, gt, sizes)
     assert targets.matched_idxs.sum().item() == -(sum(num_points) - 1)  # exactly one positive
     ltrb = torch.zeros(1, sum(num_points), 4)
     ltrb[0, 0] = torch.tensor([0.25, 0.5, 0.5, 0.5])
@@ -494,7 +494,7 @@ def test_assignment_statistics_logged(model):
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
     points = model.point_generator([torch.zeros(1, 1, h, w) for h, w in sizes])
     gt = [instances([[0.0, 0.0, 24.0, 24.0], [33.0, 33.0, 35.0, 35.0]], [0, 1]), instances([], [])]
-    targets = model.label_points(points, gt)
+    targets = model.label_points(points, gt, sizes)
     with EventStorage() as storage:
         model._log_assignment(targets, [len(p) for p in points], gt)
         logged = {k: v[0] for k, v in storage.latest().items()}
@@ -509,7 +509,7 @@ def test_non_finite_box_predictions_raise_floating_point_error(model):
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
     points = model.point_generator([torch.zeros(1, 1, h, w) for h, w in sizes])
     num_points = [len(p) for p in points]
-    targets = model.label_points(points, [instances([[0.0, 0.0, 8.0, 8.0]], [1])])
+    targets = model.label_points(points, [instances([[0.0, 0.0, 8.0, 8.0]], [1])], sizes)
     ltrb = torch.full((1, sum(num_points), 4), float("nan"))
     split = lambda t: list(t.split(num_points, dim=1))  # noqa: E731
     with pytest.raises(FloatingPointError, match="non-finite box predictions"):
@@ -521,10 +521,10 @@ def test_invalid_gt_box_raises_clear_error(model):
     points = model.point_generator([torch.zeros(1, 1, h, w) for h, w in sizes])
     gt = [instances([[0.0, 0.0, 8.0, 8.0]], [0]), instances([[10.0, 0.0, 5.0, 8.0]], [0])]
     with pytest.raises(ValueError, match=r"Image 1 .* box #0: \[10.0, 0.0, 5.0, 8.0\]"):
-        model.label_points(points, gt)
+        model.label_points(points, gt, sizes)
     gt = [instances([[0.0, float("nan"), 8.0, 8.0]], [0])]
     with pytest.raises(ValueError, match="Image 0"):
-        model.label_points(points, gt)
+        model.label_points(points, gt, sizes)
 
 
 # ------------------------------------------------------------------------------ inference
