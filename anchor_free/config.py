@@ -22,7 +22,7 @@ def add_anchor_free_config(cfg: CN) -> None:
         # Seed of the generator; different seeds give different datasets (and cache folders).
         cfg.DATASETS.DEMO_SHAPES.SEED = 0
         # Number of images in the train / val split.
-        cfg.DATASETS.DEMO_SHAPES.NUM_TRAIN = 400
+        cfg.DATASETS.DEMO_SHAPES.NUM_TRAIN = 2000
         cfg.DATASETS.DEMO_SHAPES.NUM_VAL = 100
         # Image side in pixels (images are square).
         cfg.DATASETS.DEMO_SHAPES.IMAGE_SIZE = 128

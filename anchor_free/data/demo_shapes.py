@@ -147,7 +147,7 @@ def dataset_root() -> str:
 
 
 def generate_demo_shapes(
-    num_train: int = 400,
+    num_train: int = 2000,
     num_val: int = 100,
     image_size: int = 128,
     seed: int = 0,
