@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from typing import Sequence, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIOU_DEMO = os.path.join(REPO_ROOT, "configs", "PseudoIoU", "pseudo_iou_R_18_FPN_demo.yaml")
@@ -28,3 +29,14 @@ def run(args, timeout=600, check=True) -> str:
     if check:
         assert proc.returncode == 0, proc.stdout[-5000:]
     return proc.stdout if check else (proc.returncode, proc.stdout)
+
+
+def gt_instances(boxes, classes: Sequence[int], image_size: Tuple[int, int] = (64, 64)):
+    """Instances with gt_boxes (N, 4) XYXY and gt_classes (N,) for an image of image_size (h, w)."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    inst = Instances(image_size)
+    inst.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    inst.gt_classes = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
+    return inst

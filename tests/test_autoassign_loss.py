@@ -17,6 +17,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
 from detectron2.structures import Boxes, Instances
 
+from common import gt_instances
+
 # ------------------------------------------------------------------------------------------------
 # Helpers: a model without backbone or head, fed leaf tensors as head outputs
 # ------------------------------------------------------------------------------------------------
@@ -50,10 +52,7 @@ def make_model(num_classes: int, strides: List[int], center_prior: Optional[Cent
 
 
 def make_instances(boxes, classes, image_size=(64, 96)) -> Instances:
-    inst = Instances(image_size)
-    inst.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    inst.gt_classes = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
-    return inst
+    return gt_instances(boxes, classes, image_size)
 
 
 class Scene:

@@ -13,11 +13,13 @@ from torchvision.ops import box_iou
 
 from anchor_free.meta_arch import build_point_generator
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 from pseudo_iou import PointAssigner, PseudoIoU, pairwise_pseudo_iou, pseudo_iou
 from pseudo_iou.assignment import centerness, size_ranges_from_sizes
 from pseudo_iou.testing import tiny_pseudo_iou_cfg
+
+from common import gt_instances
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -327,13 +329,6 @@ def model():
     return build_model(tiny_pseudo_iou_cfg(num_classes=3))
 
 
-def instances(boxes, classes, size=64):
-    inst = Instances((size, size))
-    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    inst.gt_classes = torch.tensor(classes, dtype=torch.long)
-    return inst
-
-
 def reference_losses(
     points_xy, strides, levels, cls, ltrb, ctr, gt, num_classes, alpha=0.25, gamma=2.0
 ):
@@ -396,7 +391,7 @@ def test_losses_match_independent_reference(model, num_boxes):
             boxes.append(
                 [x0, y0, min(64.0, x0 + rng.uniform(4, 60)), min(64.0, y0 + rng.uniform(4, 60))]
             )
-        gt.append(instances(boxes, [rng.randrange(3) for _ in boxes]))
+        gt.append(gt_instances(boxes, [rng.randrange(3) for _ in boxes]))
     gen = torch.Generator().manual_seed(num_boxes)
     cls = torch.randn(2, sum(num_points), 3, generator=gen) * 2 - 2
     ltrb = torch.rand(2, sum(num_points), 4, generator=gen) * 3
@@ -432,7 +427,7 @@ def test_paper_losses_iou_and_plain_normaliser(model):
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
     points = model.point_generator([torch.zeros(1, 1, h, w) for h, w in sizes])
     num_points = [len(p) for p in points]
-    gt = [instances([[0.0, 0.0, 8.0, 8.0]], [1])]
+    gt = [gt_instances([[0.0, 0.0, 8.0, 8.0]], [1])]
     targets = model.label_points(points, gt, sizes)
     assert targets.matched_idxs.sum().item() == -(sum(num_points) - 1)  # exactly one positive
     ltrb = torch.zeros(1, sum(num_points), 4)
@@ -451,7 +446,7 @@ def test_initial_losses_match_the_init_derived_values(model):
     positive 0.25 * 0.99^2 * ln(100) = 1.1282 of focal loss (plus the negatives' tiny share),
     centerness BCE ln 2, GIoU loss ~1."""
     image = torch.rand(3, 64, 64) * 255
-    batch = [{"image": image, "instances": instances([[4.0, 6.0, 40.0, 50.0]], [1])}]
+    batch = [{"image": image, "instances": gt_instances([[4.0, 6.0, 40.0, 50.0]], [1])}]
     with EventStorage() as storage:
         losses = model(batch)
         num_pos = storage.latest()["pseudo_iou/num_pos_per_image"][0]
@@ -470,7 +465,7 @@ def test_training_forward_gradients_reach_every_head_parameter(model):
     model.train()
     for gt in ([[4.0, 6.0, 40.0, 50.0]], []):
         model.zero_grad()
-        batch = [{"image": image, "instances": instances(gt, [2] * len(gt))}]
+        batch = [{"image": image, "instances": gt_instances(gt, [2] * len(gt))}]
         with EventStorage() as storage:
             losses = model(batch)
             sum(losses.values()).backward()
@@ -493,7 +488,7 @@ def test_assignment_statistics_logged(model):
     (centre 1, edge centres 0.5); a 2x2 px box between points -> no positive."""
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
     points = model.point_generator([torch.zeros(1, 1, h, w) for h, w in sizes])
-    gt = [instances([[0.0, 0.0, 24.0, 24.0], [33.0, 33.0, 35.0, 35.0]], [0, 1]), instances([], [])]
+    gt = [gt_instances([[0.0, 0.0, 24.0, 24.0], [33.0, 33.0, 35.0, 35.0]], [0, 1]), gt_instances([], [])]
     targets = model.label_points(points, gt, sizes)
     with EventStorage() as storage:
         model._log_assignment(targets, [len(p) for p in points], gt)
@@ -509,7 +504,7 @@ def test_non_finite_box_predictions_raise_floating_point_error(model):
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
     points = model.point_generator([torch.zeros(1, 1, h, w) for h, w in sizes])
     num_points = [len(p) for p in points]
-    targets = model.label_points(points, [instances([[0.0, 0.0, 8.0, 8.0]], [1])], sizes)
+    targets = model.label_points(points, [gt_instances([[0.0, 0.0, 8.0, 8.0]], [1])], sizes)
     ltrb = torch.full((1, sum(num_points), 4), float("nan"))
     split = lambda t: list(t.split(num_points, dim=1))  # noqa: E731
     with pytest.raises(FloatingPointError, match="non-finite box predictions"):
@@ -519,10 +514,10 @@ def test_non_finite_box_predictions_raise_floating_point_error(model):
 def test_invalid_gt_box_raises_clear_error(model):
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
     points = model.point_generator([torch.zeros(1, 1, h, w) for h, w in sizes])
-    gt = [instances([[0.0, 0.0, 8.0, 8.0]], [0]), instances([[10.0, 0.0, 5.0, 8.0]], [0])]
+    gt = [gt_instances([[0.0, 0.0, 8.0, 8.0]], [0]), gt_instances([[10.0, 0.0, 5.0, 8.0]], [0])]
     with pytest.raises(ValueError, match=r"Image 1 .* box #0: \[10.0, 0.0, 5.0, 8.0\]"):
         model.label_points(points, gt, sizes)
-    gt = [instances([[0.0, float("nan"), 8.0, 8.0]], [0])]
+    gt = [gt_instances([[0.0, float("nan"), 8.0, 8.0]], [0])]
     with pytest.raises(ValueError, match="Image 0"):
         model.label_points(points, gt, sizes)
 

@@ -17,11 +17,13 @@ import pseudo_iou.assignment as assignment_module
 from anchor_free.inbox import grid_points, inbox_pairs
 from anchor_free.meta_arch import build_point_generator
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances, pairwise_point_box_distance
+from detectron2.structures import Boxes, pairwise_point_box_distance
 from detectron2.utils.events import EventStorage
 from pseudo_iou import PointAssigner
 from pseudo_iou.assignment import pseudo_iou, size_ranges_from_sizes
 from pseudo_iou.testing import tiny_pseudo_iou_cfg
+
+from common import gt_instances
 
 STRIDES = [8, 16, 32]
 IMAGE_H, IMAGE_W = 100, 130
@@ -242,18 +244,11 @@ def model():
     return build_model(tiny_pseudo_iou_cfg(num_classes=3))
 
 
-def instances(boxes, classes, size=64):
-    inst = Instances((size, size))
-    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    inst.gt_classes = torch.tensor(classes, dtype=torch.long)
-    return inst
-
-
 def test_training_forward_uses_the_sparse_assignment(model):
     batch = [
         {"image": torch.rand(3, 64, 64) * 255,
-         "instances": instances([[4.0, 6.0, 40.0, 50.0], [8.0, 8.0, 24.0, 24.0]], [1, 2])},
-        {"image": torch.rand(3, 64, 64) * 255, "instances": instances([], [])},
+         "instances": gt_instances([[4.0, 6.0, 40.0, 50.0], [8.0, 8.0, 24.0, 24.0]], [1, 2])},
+        {"image": torch.rand(3, 64, 64) * 255, "instances": gt_instances([], [])},
     ]
     model.train()
     with mock.patch.object(
@@ -286,7 +281,7 @@ def test_label_points_equals_the_dense_assignment(model, seed):
             x0, y0 = rng.choice([rng.uniform(-8, 60), 8.0 * rng.randint(0, 7)]), rng.uniform(-8, 60)
             boxes.append([x0, y0, x0 + rng.uniform(1, 70), y0 + rng.uniform(1, 70)])
         boxes += boxes[:1]  # a duplicate
-        gt.append(instances(boxes, [rng.randrange(3) for _ in boxes]))
+        gt.append(gt_instances(boxes, [rng.randrange(3) for _ in boxes]))
     targets = model.label_points(points, gt, sizes)
     for img, inst in enumerate(gt):
         matched, candidates = model.assigner(centers, [len(p) for p in points], inst.gt_boxes)
@@ -298,7 +293,7 @@ def test_label_points_checks_grid_sizes_and_falls_back_off_grid(model):
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
     feats = [torch.zeros(1, 1, h, w) for h, w in sizes]
     points = model.point_generator(feats)
-    gt = [instances([[3.0, 5.0, 40.0, 33.0], [10.0, 10.0, 30.0, 30.0]], [0, 1])]
+    gt = [gt_instances([[3.0, 5.0, 40.0, 33.0], [10.0, 10.0, 30.0, 30.0]], [0, 1])]
     with pytest.raises(ValueError, match=r"do not match the feature grids .*\(4, 8\)"):
         model.label_points(points, gt, [(4, 8)] + sizes[1:])
     # Points of another offset (Detectron2 rounds 0.7 * s differently from (j + 0.7) * s): the
