@@ -25,15 +25,6 @@ def _load_benchmark_module():
 bench = _load_benchmark_module()
 
 
-@pytest.fixture
-def one_thread():
-    """The CPU is shared: one torch thread, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY_ARGS = [
     "--device", "cpu", "--depth", "18", "--fpn-channels", "64", "--num-convs", "1",
     "--num-classes", "3", "--image-size", "64", "96", "--batch-size", "2", "--boxes", "3",
@@ -43,7 +34,7 @@ TINY_ARGS = [
 ]  # fmt: skip
 
 
-def test_tiny_run_writes_table_json_and_plot(tmp_path, one_thread):
+def test_tiny_run_writes_table_json_and_plot(tmp_path, one_torch_thread):
     plot = tmp_path / "scaling.png"
     report = bench.main(TINY_ARGS + ["--output", str(tmp_path), "--plot", str(plot)])
 

@@ -41,12 +41,7 @@ RULES = [
 RULE_IDS = ["all_in_box", "piou_gt", "piou_ge", "ctr_gt", "ctr_ge", "scaled_box"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dense(assigner, boxes, offset, grid=GRID, strides=STRIDES):
