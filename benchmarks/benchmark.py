@@ -62,7 +62,7 @@ What is measured (interleaved A B C D A B C D ... after ``--warmup`` rounds; med
 
 Defaults: CUDA 2 images, 2 warm-up + 10 timed rounds (20 for assignment + loss and
 post-processing), sweep 2 + 10; CPU 1 image, 1 + 5 rounds, sweep 0 + 1 (the main run has
-warmed the same code paths up). About 6 minutes on 2 idle cores with 2 threads. Every
+warmed the same code paths up). About 5 minutes on 2 idle cores with 2 threads. Every
 count is a flag (``--help``).
 
 Outputs
@@ -255,7 +255,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     counts = {
         "batch_size": _default(args.batch_size, 2, 1, cuda),
         # CPU: one warm-up round (first calls were up to 2x slower) and 5 timed rounds: about
-        # 6 minutes on 2 idle cores.
+        # 5 minutes on 2 idle cores.
         "warmup": _default(args.warmup, 2, 1, cuda),
         "iters": _default(args.iters, 10, 5, cuda),
         "assign_iters": _default(args.assign_iters, 20, 5, cuda),

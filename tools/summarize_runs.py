@@ -10,9 +10,9 @@ Used for the evidence tables of projects/PseudoIoU/README.md and projects/AutoAs
 """
 import argparse
 import json
-import math
 import os
 import re
+import statistics
 import sys
 from collections import OrderedDict
 from typing import Dict, List, Sequence
@@ -49,7 +49,7 @@ def read_run(run_dir: str, stats: Sequence[str] = DEFAULT_STATS) -> Dict[str, fl
     row = {key: float(final[f"bbox/{key}"]) for key in AP_KEYS}
     for stat in stats:
         values = [r[stat] for r in records if stat in r]
-        row[stat] = sum(values) / len(values) if values else float("nan")
+        row[stat] = statistics.mean(values) if values else float("nan")
     return row
 
 
@@ -58,11 +58,8 @@ def _group_name(run_dir: str) -> str:
 
 
 def _mean_std(values: List[float]) -> str:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return f"{mean:.2f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.2f} ± {std:.2f}"
+    """Mean ± sample standard deviation (n - 1)."""
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def markdown_table(run_dirs: Sequence[str], stats: Sequence[str] = DEFAULT_STATS) -> str:
