@@ -15,8 +15,10 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from anchor_free.checkpoint import SafeDetectionCheckpointer
-from anchor_free.engine import Trainer, launch, setup_cfg
+from anchor_free_app.checkpoint import SafeDetectionCheckpointer
+from anchor_free_app.config import setup_cfg
+from anchor_free_app.engine import Trainer
+from anchor_free_app.launch import launch
 
 
 def setup(args):

@@ -1,5 +1,6 @@
-"""Pieces both detectors share: config keys, the P3-P7 backbone, the dense head, cross-worker
-normalisers, the built-in demo dataset and the training engine (Trainer, CPU launch)."""
+"""The model code both detectors share: config keys, the P3-P7 backbone, the dense head, the
+base meta-architecture, the in-box (point, box) pairs and cross-worker normalisers. Imports
+Detectron2 only (the application layer is ``anchor_free_app``)."""
 from . import backbone as _backbone  # noqa: F401  (registers the backbone builder)
 from .config import add_anchor_free_config
 from .distributed import reduce_mean

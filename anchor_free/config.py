@@ -12,17 +12,3 @@ def add_anchor_free_config(cfg: CN) -> None:
     # release, P6 = conv on C5).
     if "TOP_BLOCK_IN_FEATURE" not in cfg.MODEL.FPN:
         cfg.MODEL.FPN.TOP_BLOCK_IN_FEATURE = "p5"
-    if "CHECK_INPUTS" not in cfg.DATALOADER:
-        # Check every training record before the first iteration: image file present and
-        # readable (header), size as annotated, boxes finite with non-negative size.
-        cfg.DATALOADER.CHECK_INPUTS = True
-    if "DEMO_SHAPES" not in cfg.DATASETS:
-        # The built-in generated dataset (anchor_free/data/demo_shapes.py).
-        cfg.DATASETS.DEMO_SHAPES = CN()
-        # Seed of the generator; different seeds give different datasets (and cache folders).
-        cfg.DATASETS.DEMO_SHAPES.SEED = 0
-        # Number of images in the train / val split.
-        cfg.DATASETS.DEMO_SHAPES.NUM_TRAIN = 2000
-        cfg.DATASETS.DEMO_SHAPES.NUM_VAL = 100
-        # Image side in pixels (images are square).
-        cfg.DATASETS.DEMO_SHAPES.IMAGE_SIZE = 128

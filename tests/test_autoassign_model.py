@@ -14,7 +14,7 @@ from torch import nn
 
 import autoassign.autoassign as aa_module
 from anchor_free.backbone import compiled_ops_available
-from anchor_free.engine import get_project_cfg, setup_cfg
+from anchor_free_app.config import get_project_cfg, setup_cfg
 from anchor_free.meta_arch import build_point_generator
 from autoassign import AutoAssign, CenterPrior
 from detectron2.layers import ShapeSpec

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from common import AA_DEMO, TINY_DATA
 
-from autoassign import visualize
+from anchor_free_app.visualize import autoassign as visualize
 
 
 def test_visualize_writes_pngs_with_the_model_weights(tmp_path):
@@ -32,7 +32,7 @@ def test_visualize_writes_pngs_with_the_model_weights(tmp_path):
 
 
 def test_assignment_maps_scatter_the_pair_weights():
-    from anchor_free.engine import setup_cfg
+    from anchor_free_app.config import setup_cfg
     from detectron2.modeling import build_model
     from detectron2.structures import Boxes, Instances
 

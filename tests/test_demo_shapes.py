@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from anchor_free.data import DEMO_SHAPES_CLASSES, generate_demo_shapes, register_demo_shapes
+from anchor_free_app.data import DEMO_SHAPES_CLASSES, generate_demo_shapes, register_demo_shapes
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 

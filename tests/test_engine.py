@@ -14,13 +14,14 @@ import pytest
 import torch
 from common import AA_DEMO, PIOU_DEMO, REPO_ROOT, TINY_DATA, run
 
-from anchor_free.checkpoint import (
+from anchor_free_app.checkpoint import (
     CheckpointMismatchError,
     SafeDetectionCheckpointer,
     repair_metrics_file,
 )
-from anchor_free.data.checks import check_dataset_dicts
-from anchor_free.engine import Trainer, get_project_cfg, setup_cfg
+from anchor_free_app.data.checks import check_dataset_dicts
+from anchor_free_app.config import get_project_cfg, setup_cfg
+from anchor_free_app.engine import Trainer
 from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode

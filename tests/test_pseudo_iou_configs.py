@@ -6,7 +6,7 @@ import os
 import pytest
 
 from anchor_free.backbone import compiled_ops_available
-from anchor_free.engine import setup_cfg
+from anchor_free_app.config import setup_cfg
 from detectron2.modeling import build_model
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

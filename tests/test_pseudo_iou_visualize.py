@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from anchor_free.engine import setup_cfg
+from anchor_free_app.config import setup_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
-from pseudo_iou.visualize import compute_assignment, load_image_and_instances, main
+from anchor_free_app.visualize.pseudo_iou import compute_assignment, load_image_and_instances, main
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO_ROOT, "configs", "PseudoIoU", "pseudo_iou_R_18_FPN_demo.yaml")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from common import AA_DEMO, PIOU_DEMO, TINY_DATA
 
-from anchor_free.engine import setup_cfg
+from anchor_free_app.config import setup_cfg
 from detectron2.data import DatasetMapper
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances

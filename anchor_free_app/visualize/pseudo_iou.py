@@ -2,7 +2,7 @@
 Figures 1 and 2 for any image): per FPN level, every point coloured by its Pseudo-IoU with the box
 the FCOS rules match it to, the positives of the configured rule circled, and the GT boxes.
 
-    python -m pseudo_iou.visualize --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml \\
+    python -m anchor_free_app.visualize.pseudo_iou --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml \\
         --dataset demo_shapes_train --image-index 0 --output output/piou_vis \\
         [MODEL.PSEUDO_IOU.PSEUDO_IOU_THRESH 0.6 ...]
 
@@ -25,8 +25,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
-from .assignment import pseudo_iou
-from .detector import build_assigner
+from pseudo_iou.assignment import pseudo_iou
+from pseudo_iou.detector import build_assigner
 
 __all__ = ["compute_assignment", "draw_assignment", "main"]
 
@@ -211,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from anchor_free.engine import setup_cfg
+    from anchor_free_app.config import setup_cfg
 
     cfg = setup_cfg(args.config_file, args.opts)
     records = DatasetCatalog.get(args.dataset)

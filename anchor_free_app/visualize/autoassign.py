@@ -4,7 +4,7 @@ For one image of a registered dataset, per object and per FPN level: the center 
 confidence weighting C(P+) = exp(P+ / tau) and the final positive weights w+ (PNG per object);
 and the learned center prior (mu, sigma) of every class (one PNG, plus the values as JSON)::
 
-    python -m autoassign.visualize --config-file configs/AutoAssign/autoassign_R_18_FPN_demo.yaml \\
+    python -m anchor_free_app.visualize.autoassign --config-file configs/AutoAssign/autoassign_R_18_FPN_demo.yaml \\
         --weights output/demo_autoassign/model_final.pth --dataset demo_shapes_val --index 0 \\
         --output output/demo_autoassign/assignment [KEY VALUE ...]
 
@@ -22,13 +22,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from anchor_free.engine import setup_cfg  # noqa: E402
+from anchor_free_app.config import setup_cfg  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from .autoassign import AutoAssign  # noqa: E402
+from autoassign.autoassign import AutoAssign  # noqa: E402
 
 __all__ = ["assignment_maps", "plot_assignment", "plot_center_priors", "main"]
 

@@ -1,66 +1,29 @@
-"""Training engine shared by ``train_net.py``, ``demo.py``, the tests and the benchmarks:
-the project config, a ``Trainer`` with evaluator dispatch and exact resume, and a ``launch``
-that also runs several worker processes on a CPU-only machine.
-"""
+"""The ``Trainer`` of ``train_net.py`` (also used by the tests and tools): Detectron2's
+``DefaultTrainer`` with evaluator dispatch, DDP on CPU workers, exact resume and input checks."""
 import contextlib
 import logging
 import os
 import weakref
-from datetime import timedelta
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import detectron2.engine.defaults as d2_defaults
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
-from detectron2.engine import launch as d2_launch
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
 from detectron2.utils import comm
 
-from .backbone import compiled_ops_available
+from anchor_free.backbone import compiled_ops_available
+
 from .checkpoint import SafeDetectionCheckpointer, repair_metrics_file
-from .data import register_demo_shapes_from_cfg
 from .data.checks import check_dataset_dicts
 
-__all__ = ["get_project_cfg", "setup_cfg", "Trainer", "launch"]
+__all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
-
-
-def get_project_cfg() -> CfgNode:
-    """Detectron2's defaults plus the keys of both detectors (``MODEL.PSEUDO_IOU``,
-    ``MODEL.AUTOASSIGN`` and the shared ones); importing the packages registers the models."""
-    from autoassign import add_autoassign_config
-    from pseudo_iou import add_pseudo_iou_config
-
-    cfg = get_cfg()
-    add_pseudo_iou_config(cfg)
-    add_autoassign_config(cfg)
-    return cfg
-
-
-def setup_cfg(config_file: str, opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:
-    """
-    Load ``config_file`` and ``KEY VALUE`` overrides onto the project config, fall back to the
-    CPU when CUDA is missing, and register the built-in demo dataset if the config uses it.
-    """
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"Config file not found: {config_file}")
-    cfg = get_project_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE=cpu).")
-        cfg.MODEL.DEVICE = "cpu"
-    register_demo_shapes_from_cfg(cfg)
-    if freeze:
-        cfg.freeze()
-    return cfg
 
 
 def _create_ddp_model_cpu_safe(model, *, fp16_compression: bool = False, **kwargs):
@@ -182,82 +145,3 @@ class Trainer(DefaultTrainer):
         super().load_state_dict(state_dict)
         if not _D2_SAVES_TRAINER_STATE and "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
-
-
-def _cpu_worker(
-    local_rank: int,
-    main_func: Callable,
-    world_size: int,
-    num_workers_per_machine: int,
-    machine_rank: int,
-    dist_url: str,
-    args: tuple,
-    timeout: timedelta,
-):
-    global_rank = machine_rank * num_workers_per_machine + local_rank
-    dist.init_process_group(
-        backend="gloo",
-        init_method=dist_url,
-        world_size=world_size,
-        rank=global_rank,
-        timeout=timeout,
-    )
-    if hasattr(comm, "create_local_process_group"):  # Detectron2 main
-        comm.create_local_process_group(num_workers_per_machine)
-    else:  # Detectron2 v0.6 sets the local group inline in its (CUDA-only) launch
-        for i in range(world_size // num_workers_per_machine):
-            ranks = list(range(i * num_workers_per_machine, (i + 1) * num_workers_per_machine))
-            group = dist.new_group(ranks)
-            if i == machine_rank:
-                comm._LOCAL_PROCESS_GROUP = group
-    comm.synchronize()
-    main_func(*args)
-
-
-def launch(
-    main_func: Callable,
-    num_gpus_per_machine: int,
-    num_machines: int = 1,
-    machine_rank: int = 0,
-    dist_url: Optional[str] = None,
-    args: tuple = (),
-    timeout: timedelta = timedelta(minutes=30),
-):
-    """
-    Detectron2's ``launch`` where CUDA is available. Without CUDA, ``num_gpus_per_machine``
-    worker processes per machine run on the CPU with the gloo backend (Detectron2 v0.6's
-    ``launch`` asserts CUDA; main's still fails later in DDP).
-    """
-    world_size = num_machines * num_gpus_per_machine
-    if torch.cuda.is_available() or world_size == 1:
-        return d2_launch(
-            main_func,
-            num_gpus_per_machine,
-            num_machines=num_machines,
-            machine_rank=machine_rank,
-            dist_url=dist_url,
-            args=args,
-        )
-    if dist_url is None or dist_url == "auto":
-        if num_machines > 1:
-            raise ValueError("--dist-url must be given (tcp://HOST:PORT) for a multi-machine job")
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
-    logger.warning(
-        f"CUDA is not available: starting {num_gpus_per_machine} CPU worker processes per machine "
-        "(gloo backend) instead of one per GPU."
-    )
-    mp.start_processes(
-        _cpu_worker,
-        nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
-        daemon=False,
-        start_method="spawn",
-    )
-
-
-def _find_free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
