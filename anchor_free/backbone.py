@@ -1,7 +1,11 @@
 """ResNet + FPN P3-P7 backbone for both detectors, with the P6/P7 input configurable.
 
 Detectron2's ``build_retinanet_resnet_fpn_backbone`` always takes P6 from C5 ("res5"); FCOS and
-the Pseudo-IoU release take it from P5 (spec A10), the AutoAssign release from C5 (spec B1).
+the Pseudo-IoU release take it from P5 (mmdet FPN ``extra_convs_on_inputs=False`` in
+configs/pseudo-iou/piou_r50_caffe_fpn_gn-head_1x_coco.py of
+SHI-Labs/Pseudo-IoU-for-Anchor-Free-Object-Detection), the AutoAssign release from C5 (its net.py
+``build_backbone`` calls cvpods' ``build_retinanet_resnet_fpn_backbone``; see docs/design.md,
+"P6 of AutoAssign").
 """
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY

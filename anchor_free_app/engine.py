@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 def _create_ddp_model_cpu_safe(model, *, fp16_compression: bool = False, **kwargs):
     """Detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]``, which torch's DDP
-    rejects for CPU modules (spec detectron2.md §5); CPU models get ``device_ids=None``."""
+    rejects for CPU modules (detectron2/engine/defaults.py, the same on v0.6 and main; see
+    docs/design.md); CPU models get ``device_ids=None``."""
     if comm.get_world_size() == 1:
         return model
     if next(model.parameters()).device.type == "cuda":
@@ -56,7 +57,8 @@ class Trainer(DefaultTrainer):
     """
     ``DefaultTrainer`` plus: COCO / Pascal VOC evaluator chosen by the dataset's
     ``evaluator_type``; DDP on CPU workers; the optimizer state in checkpoints on Detectron2
-    v0.6 too (fixed on main after the release; spec detectron2.md §3 row 11); checkpoints and
+    v0.6 too (main's ``DefaultTrainer.state_dict`` saves it under ``_trainer``; v0.6's did not,
+    see docs/design.md); checkpoints and
     ``last_checkpoint`` written atomically and ``metrics.json`` repaired on ``--resume``, so a
     killed run always resumes; training data checked before the first iteration.
     """

@@ -1,6 +1,7 @@
 """Config keys of AutoAssign (``cfg.MODEL.AUTOASSIGN``) and their validation.
 
-Defaults reproduce the authors' released R-50 1x model (spec ``algorithms.md`` Part B); every
+Defaults reproduce the authors' released R-50 1x model (Megvii-BaseDetection/AutoAssign,
+auto_assign.res50.fpn.coco.800size.1x/{auto_assign.py,config.py}; docs/design.md); every
 paper ablation row is one or two of these keys (``projects/AutoAssign/README.md``).
 """
 from detectron2.config import CfgNode as CN

@@ -1,7 +1,10 @@
 """Config keys of the Pseudo-IoU detector (``cfg.MODEL.PSEUDO_IOU``).
 
-Defaults are the authors' released model (spec A2/A10: GIoU + centerness, centerness-weighted box
-loss, ``>`` threshold, FCOS scale ranges); the paper's ablations are reached by overrides listed in
+Defaults are the authors' released model (SHI-Labs/Pseudo-IoU-for-Anchor-Free-Object-Detection,
+mmdet/models/dense_heads/piou_head.py ``PIOUHead.loss`` and
+configs/pseudo-iou/piou_r50_caffe_fpn_gn-head_1x_coco.py: GIoU + centerness, centerness-weighted
+box loss, ``>`` threshold, FCOS scale ranges; docs/design.md lists where the paper differs); the
+paper's ablations are reached by overrides listed in
 ``projects/PseudoIoU/README.md``.
 """
 from detectron2.config import CfgNode as CN
@@ -68,7 +71,8 @@ def add_pseudo_iou_config(cfg: CN) -> None:
     # all-reduced sum of targets (release); False: plain sum / num_pos (paper).
     _C.MODEL.PSEUDO_IOU.CENTERNESS_WEIGHTED_REG_LOSS = True
 
-    # --- Inference (spec A6). Detections per image: TEST.DETECTIONS_PER_IMAGE.
+    # --- Inference (release: PIOUHead._get_bboxes + mmdet multiclass_nms, test_cfg of the
+    # release config). Detections per image: TEST.DETECTIONS_PER_IMAGE.
     # Keep (point, class) pairs whose class probability (before the centerness product) is > this.
     _C.MODEL.PSEUDO_IOU.SCORE_THRESH_TEST = 0.05
     # Candidates kept per level before NMS, ranked by the final score.
