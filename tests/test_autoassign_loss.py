@@ -1,5 +1,6 @@
 """AutoAssign weighting and losses: hand-computed values, an independent dense reference
-(spec B3-B8 written literally with [G, L] tensors, as the released code does) against the sparse
+(``AutoAssign.losses`` of Megvii-BaseDetection/AutoAssign, auto_assign.res50.fpn.coco.800size.1x/
+auto_assign.py, written literally with [G, L] tensors as the release does) against the sparse
 implementation, and edge cases. No backbone: the head outputs are leaf tensors."""
 import math
 from typing import Dict, List, Optional
@@ -97,7 +98,8 @@ def sparse_losses(model: AutoAssign, scene: Scene, gts: List[Instances]) -> Dict
 
 
 # ------------------------------------------------------------------------------------------------
-# The independent dense reference: spec B3-B8 literally, [G, L] tensors, cvpods GIoU
+# The independent dense reference: the release's AutoAssign.losses literally, [G, L] tensors,
+# cvpods GIoU
 # ------------------------------------------------------------------------------------------------
 
 
@@ -148,7 +150,9 @@ def dense_reference(
     documented_edge_cases=True,
 ) -> Dict[str, Tensor]:
     """
-    The released loss (spec B3-B8) with full [G, L] tensors. With ``documented_edge_cases``
+    The released loss (``AutoAssign.losses``, ``positive_bag_loss``, ``negative_bag_loss``,
+    ``normal_distribution``, ``normalize`` in the release's auto_assign.py) with full [G, L]
+    tensors. With ``documented_edge_cases``
     objects without in-box locations add 0 instead of BCE(0, 1) = 100, and images without any
     in-box pair add 0 to the loss_norm mean instead of G / 1e-12 (the project's documented
     behaviour); without it, the release's values.

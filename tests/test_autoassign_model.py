@@ -78,7 +78,7 @@ def test_every_config_loads_and_builds_the_released_architecture(path):
         return
     model = build_model(cfg)
     assert isinstance(model, AutoAssign)
-    # P6 from C5 (spec B1): the top block's input has the res5 channels.
+    # P6 from C5 as in the release (docs/design.md): the top block's input has the res5 channels.
     res5 = model.backbone.bottom_up.output_shape()["res5"].channels
     assert model.backbone.top_block.p6.in_channels == res5
     head = model.head

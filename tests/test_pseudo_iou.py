@@ -1,7 +1,8 @@
 """Unit tests of the Pseudo-IoU detector: the metric, label assignment, losses, inference, config.
 
 Expected values are computed by hand (comments give the arithmetic) or by independent scalar
-references written here from the paper/spec (Algorithm 1, FCOS rules, focal/GIoU/IoU formulas).
+references written here from the paper and the release (Algorithm 1; FCOS rules of the release's
+``PIOUHead._get_target_single``; focal/GIoU/IoU formulas).
 """
 import math
 import random
@@ -43,7 +44,8 @@ def closed_form(u: float, v: float) -> float:
 
 
 def reference_assign(points, levels, boxes, ranges, rule, inclusive=False, thresh=0.4):
-    """FCOS rules + rule filter with Python loops over points and boxes (spec A4)."""
+    """FCOS rules + rule filter with Python loops over points and boxes (as the release's
+    ``PIOUHead.loss`` loops over positives)."""
     out = []
     for (x, y), level in zip(points, levels):
         cands = []
@@ -436,7 +438,7 @@ def test_paper_losses_iou_and_plain_normaliser(model):
 
 
 def test_initial_losses_match_the_init_derived_values(model):
-    """Spec A9, from the init (prior 0.01, near-zero regression and centerness outputs): per
+    """Derived from the init (prior 0.01, near-zero regression and centerness outputs): per
     positive 0.25 * 0.99^2 * ln(100) = 1.1282 of focal loss (plus the negatives' tiny share),
     centerness BCE ln 2, GIoU loss ~1."""
     image = torch.rand(3, 64, 64) * 255
