@@ -19,7 +19,7 @@ from detectron2.utils import comm
 from anchor_free.backbone import compiled_ops_available
 
 from .checkpoint import SafeDetectionCheckpointer, repair_metrics_file
-from .data.checks import check_dataset_dicts
+from .data.checks import check_training_data
 
 __all__ = ["Trainer"]
 
@@ -112,8 +112,8 @@ class Trainer(DefaultTrainer):
             else 0,
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
-        if cfg.DATALOADER.CHECK_INPUTS:
-            check_dataset_dicts(dataset)
+        if cfg.DATALOADER.CHECK_INPUTS:  # once, on the main process; all get its verdict
+            check_training_data(dataset, cfg)
         return build_detection_train_loader(cfg, dataset=dataset)
 
     @classmethod

@@ -1,80 +1,347 @@
-"""Checks of dataset dicts before training starts: bad input gets an error that names the file,
-the image id and the field, instead of a crash at hour 30 or boxes silently dropped."""
-import logging
-import math
-import os
-from typing import Dict, List
+"""Checks of the training dataset dicts before the first iteration: bad input gets an error that
+names the image id, the file and the field, instead of a crash at hour 30 or boxes silently
+dropped; valid input (anything Detectron2's ``DatasetMapper`` trains on) is never rejected.
 
+Two passes, both run once, on the main process (:func:`check_training_data`):
+
+- **records** (always, with ``DATALOADER.CHECK_INPUTS``): every record has a ``file_name``; every
+  non-crowd annotation has a ``bbox`` of 4 numbers (5 for ``BoxMode.XYWHA_ABS``) in an absolute
+  ``bbox_mode``, all finite, with non-negative width and height. Boxes may be lists, tuples,
+  numpy arrays or torch tensors of python, numpy or torch numbers. Vectorised with numpy over all
+  boxes of the dataset (about a second for COCO train2017's 860k boxes).
+- **image files** (``DATALOADER.CHECK_IMAGE_FILES`` of them, spread evenly over the dataset; -1:
+  all): the file exists and opens as an image (header only, through Detectron2's
+  ``PathManager.open`` as ``read_image`` does, so any storage Detectron2 reads works), its size
+  after EXIF orientation (what ``detectron2.data.detection_utils.read_image`` returns) is the
+  annotated one, and its mode converts to ``INPUT.FORMAT``.
+"""
+import logging
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 from PIL import Image
 
-__all__ = ["check_dataset_dicts"]
+from detectron2.structures import BoxMode
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+
+__all__ = [
+    "check_dataset_dicts",
+    "check_image_file",
+    "check_records",
+    "check_training_data",
+    "image_size_after_exif",
+    "run_on_main_process",
+]
 
 logger = logging.getLogger(__name__)
+
+# EXIF tag "Orientation" (``detectron2.data.detection_utils._EXIF_ORIENT``); values 5-8 transpose
+# the image (``_apply_exif_orientation``), so read_image returns it with width and height swapped.
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+# Modes ``detectron2.structures.BoxMode.convert`` converts to XYXY_ABS (the relative modes raise
+# "Relative mode not yet supported!"), and the number of values each takes.
+_BOX_LENGTH = {BoxMode.XYXY_ABS: 4, BoxMode.XYWH_ABS: 4, BoxMode.XYWHA_ABS: 5}
 
 
 def _image_name(record: Dict) -> str:
     return f"image id {record.get('image_id', '?')} ({record.get('file_name', '?')})"
 
 
-def check_dataset_dicts(dataset_dicts: List[Dict], check_image_files: bool = True) -> None:
+# ---------------------------------------------------------------- distributed
+def run_on_main_process(check: Callable[[], None]) -> None:
     """
-    Raise ValueError on the first record with:
+    Run ``check`` on the main process only; every other process waits for its verdict, so all
+    of them raise the same error (instead of some hanging in the next collective) or all go on.
 
-    - a missing ``file_name`` or an image file that is missing or not a readable image (header
-      check with PIL: cheap, catches empty, truncated-header and non-image files);
-    - a box with a NaN/Inf coordinate or a negative width/height (XYWH_ABS) / x1 < x0 (XYXY_ABS).
+    The verdict is exchanged with ``detectron2.utils.comm.all_gather`` (a gloo group, CPU or
+    CUDA), which also acts as the barrier. The wait is bounded by the process group's timeout
+    (30 minutes in Detectron2's ``launch``).
+    """
+    error: Optional[str] = None
+    caught: Optional[BaseException] = None
+    if comm.is_main_process():
+        try:
+            check()
+        except Exception as e:  # sent to the other processes, then re-raised here
+            caught, error = e, f"{type(e).__name__}: {e}"
+    if comm.get_world_size() > 1:
+        error = comm.all_gather(error)[0]
+    if caught is not None:
+        raise caught
+    if error is not None:
+        raise ValueError(f"The training data check failed on the main process: {error}")
 
-    Boxes of zero size, or partly/wholly outside the image, are legal in COCO-style data:
+
+def check_training_data(dataset_dicts: List[Dict], cfg) -> None:
+    """
+    The checks ``DATALOADER.CHECK_INPUTS`` turns on, with the config's settings
+    (``DATALOADER.CHECK_IMAGE_FILES``, ``INPUT.FORMAT``), run once on the main process.
+    """
+    run_on_main_process(
+        lambda: check_dataset_dicts(
+            dataset_dicts,
+            num_image_files=cfg.DATALOADER.CHECK_IMAGE_FILES,
+            image_format=cfg.INPUT.FORMAT,
+        )
+    )
+
+
+# ---------------------------------------------------------------- both passes
+def check_dataset_dicts(
+    dataset_dicts: Sequence[Dict],
+    num_image_files: int = -1,
+    image_format: Optional[str] = None,
+    num_threads: int = 8,
+) -> None:
+    """
+    Raise ValueError, naming the image id, the file and the problem, on the first bad record.
+
+    Args:
+        dataset_dicts: Detectron2 dataset dicts (``file_name``, ``image_id``, ``height``,
+            ``width``, ``annotations`` with ``bbox``, ``bbox_mode``, ``iscrowd``).
+        num_image_files: how many image files to open (header only), spread evenly over the
+            records; -1: all, 0: none.
+        image_format: ``INPUT.FORMAT``; the image mode must convert to it (None: not checked).
+        num_threads: threads for the image-file pass (they overlap the storage's latency).
+
+    Zero-size boxes and boxes partly or wholly outside the image are legal (COCO has them):
     Detectron2's mapper clips them to the image and drops the empty ones
-    (``filter_empty_instances``); both detectors also handle boxes smaller than the finest stride
-    (see the per-method pages). Crowd boxes are ignored by Detectron2's mapper.
+    (``filter_empty_instances``). Crowd annotations are skipped: the mapper drops them.
+    A negative width or height is rejected although Detectron2 would not fail on it: its
+    ``apply_box`` re-orders the corners, training on a box other than the one annotated.
     """
     if len(dataset_dicts) == 0:
         raise ValueError("The training dataset is empty (after filtering images without boxes)")
+    start = time.perf_counter()
+    num_boxes = check_records(dataset_dicts)
+    records_s = time.perf_counter() - start
+    indices = _spread(len(dataset_dicts), num_image_files)
+    start = time.perf_counter()
+    _check_image_files([dataset_dicts[i] for i in indices], image_format, num_threads)
+    logger.info(
+        f"Checked {len(dataset_dicts)} training records ({num_boxes} boxes) in {records_s:.2f} s "
+        f"and {len(indices)} image files (DATALOADER.CHECK_IMAGE_FILES {num_image_files}) in "
+        f"{time.perf_counter() - start:.2f} s"
+    )
+
+
+def _spread(n: int, k: int) -> np.ndarray:
+    """(min(k, n),) indices spread evenly over range(n), first and last included; k < 0: all."""
+    if k < 0 or k >= n:
+        return np.arange(n)
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+
+
+# ---------------------------------------------------------------- records
+def check_records(dataset_dicts: Sequence[Dict]) -> int:
+    """
+    The records pass: ``file_name`` present, boxes well-formed, finite and not inverted.
+    Returns the number of (non-crowd) boxes checked.
+    """
     for index, record in enumerate(dataset_dicts):
         if "file_name" not in record:
-            raise ValueError(f"Dataset record {index} (image id {record.get('image_id')}) has no file_name")
-        if check_image_files:
-            _check_image_file(record)
-        for ann in record.get("annotations", []):
-            _check_box(record, ann)
-        if check_image_files and index and index % 20000 == 0:
-            logger.info(f"Checked {index}/{len(dataset_dicts)} dataset records")
+            raise ValueError(
+                f"Dataset record {index} (image id {record.get('image_id')}) has no file_name"
+            )
+    # Flat lists of references (no new containers: no garbage-collector passes over 860k tuples)
+    counts = np.array([len(r.get("annotations", ())) for r in dataset_dicts], dtype=np.int64)
+    anns = [ann for record in dataset_dicts for ann in record.get("annotations", ())]
+    if not anns:
+        return 0
+    crowd = np.array([ann.get("iscrowd", 0) != 0 for ann in anns], dtype=bool)  # (N,)
+    values, lengths = _box_matrix([ann.get("bbox") for ann in anns])  # (N, 5), (N,)
+    modes = _mode_array([ann.get("bbox_mode") for ann in anns])  # (N,)
+    bad = _bad_boxes(values, lengths, modes) & ~crowd  # (N,); the mapper drops crowd boxes
+    if bad.any():
+        first = int(np.argmax(bad))
+        record = int(np.searchsorted(np.cumsum(counts), first, side="right"))
+        index_in_record = first - int(counts[:record].sum())
+        raise ValueError(
+            f"{_image_name(dataset_dicts[record])}, annotation {index_in_record}: "
+            f"{_box_problem(values[first], lengths[first], modes[first], anns[first])}"
+        )
+    return int((~crowd).sum())
 
 
-def _check_image_file(record: Dict) -> None:
-    path = record["file_name"]
-    if not os.path.isfile(path):
-        raise ValueError(f"{_image_name(record)}: image file not found")
+def _box_matrix(boxes: List) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    Returns:
+        values: (N, 5) float64, each box's first values, NaN-padded;
+        lengths: (N,) int64, each box's number of values (-1: not a flat sequence of numbers).
+    """
+    values = np.full((len(boxes), 5), np.nan)
+    try:  # one conversion when every box is a flat sequence of numbers of the same length
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            array = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = None
+    if array is not None and array.ndim == 2:
+        values[:, : min(5, array.shape[1])] = array[:, :5]
+        return values, np.full(len(boxes), array.shape[1], dtype=np.int64)
+    # mixed containers (e.g. torch tensors, which numpy<1.24 does not stack) or bad boxes
+    rows = [_box_values(box) for box in boxes]
+    lengths = np.array([-1 if row is None else len(row) for row in rows], dtype=np.int64)
+    for k in np.unique(lengths[lengths > 0]):
+        take = np.flatnonzero(lengths == k)
+        values[take, : min(5, k)] = np.stack([rows[t][:5] for t in take])
+    return values, lengths
+
+
+def _box_values(box) -> Optional[np.ndarray]:
+    """A box's values as a 1-d float64 array, None if it is not a flat sequence of numbers."""
+    if box is None or isinstance(box, (str, bytes, dict)):
+        return None
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception as e:
-        raise ValueError(f"{_image_name(record)}: not a readable image file ({e})") from e
-    expected = (record.get("width", width), record.get("height", height))
-    if (width, height) != expected:
-        raise ValueError(
-            f"{_image_name(record)}: image is {width}x{height} but the annotation says "
-            f"{expected[0]}x{expected[1]} (width x height)"
-        )
+        array = np.asarray(box.detach().cpu() if hasattr(box, "detach") else box, np.float64)
+    except (TypeError, ValueError):
+        return None
+    return array if array.ndim == 1 else None
 
 
-def _check_box(record: Dict, ann: Dict) -> None:
-    from detectron2.structures import BoxMode
+def _mode_array(modes: List) -> np.ndarray:
+    """(N,) int64 box modes; -1 for a missing or unknown mode."""
+    try:  # BoxMode is an IntEnum: one conversion when every mode is an int
+        return np.asarray(modes, dtype=np.int64).reshape(len(modes))
+    except (TypeError, ValueError):
+        return np.asarray([_mode_value(m) for m in modes], dtype=np.int64)
 
+
+def _mode_value(mode) -> int:
+    try:
+        return int(mode)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _bad_boxes(values: np.ndarray, lengths: np.ndarray, modes: np.ndarray) -> np.ndarray:
+    """(N,) bool: wrong length for the mode, unsupported mode, non-finite, or inverted."""
+    expected = np.full(len(modes), -2, dtype=np.int64)
+    for mode, length in _BOX_LENGTH.items():
+        expected[modes == int(mode)] = length
+    bad = lengths != expected  # also every unsupported mode (-2) and non-sequence box (-1)
+    finite = np.isfinite(values) | (np.arange(5) >= lengths[:, None])  # padding is fine
+    bad |= ~finite.all(axis=1)
+    xywh = (modes == int(BoxMode.XYWH_ABS)) | (modes == int(BoxMode.XYWHA_ABS))
+    xyxy = modes == int(BoxMode.XYXY_ABS)
+    with np.errstate(invalid="ignore"):
+        bad |= xywh & ((values[:, 2] < 0) | (values[:, 3] < 0))
+        bad |= xyxy & ((values[:, 2] < values[:, 0]) | (values[:, 3] < values[:, 1]))
+    return bad
+
+
+def _box_problem(values: np.ndarray, length: int, mode: int, ann: Dict) -> str:
+    """The message for one bad box (values: (5,), its first values)."""
     box = ann.get("bbox")
-    if box is None or len(box) != 4:
-        raise ValueError(f"{_image_name(record)}: annotation without a 4-number bbox: {ann}")
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
-        raise ValueError(f"{_image_name(record)}: bbox with a NaN/Inf coordinate: {box}")
-    mode = ann.get("bbox_mode", BoxMode.XYWH_ABS)
-    if mode == BoxMode.XYWH_ABS:
-        negative = box[2] < 0 or box[3] < 0
-    elif mode == BoxMode.XYXY_ABS:
-        negative = box[2] < box[0] or box[3] < box[1]
-    else:
-        negative = False
-    if negative:
-        raise ValueError(
-            f"{_image_name(record)}: bbox with negative width or height: {box} ({BoxMode(mode).name})"
+    if ann.get("bbox") is None or ann.get("bbox_mode") is None:
+        missing = "bbox" if ann.get("bbox") is None else "bbox_mode"
+        return f"annotation without '{missing}' (Detectron2's mapper needs both): {ann}"
+    if mode not in [int(m) for m in _BOX_LENGTH]:
+        return (
+            f"bbox_mode {ann['bbox_mode']!r} is not one Detectron2 converts to absolute "
+            f"coordinates (XYXY_ABS, XYWH_ABS, XYWHA_ABS; relative modes are not supported)"
         )
+    name = BoxMode(mode).name
+    if length != _BOX_LENGTH[BoxMode(mode)]:
+        return (
+            f"bbox {box!r} is not a sequence of {_BOX_LENGTH[BoxMode(mode)]} numbers "
+            f"(bbox_mode {name})"
+        )
+    shown = [float(v) for v in values[:length]]
+    if not np.isfinite(values[:length]).all():
+        return f"bbox with a NaN/Inf coordinate: {shown} ({name})"
+    return f"bbox with negative width or height: {shown} ({name})"
+
+
+# ---------------------------------------------------------------- image files
+def _check_image_files(records: List[Dict], image_format: Optional[str], num_threads: int) -> None:
+    """Raise the error of the first bad record (in dataset order); files opened by threads."""
+    if not records:
+        return
+    if num_threads <= 1 or len(records) < 2 * num_threads:
+        errors = map(lambda r: _image_file_error(r, image_format), records)
+        first = next((e for e in errors if e is not None), None)
+    else:
+        with ThreadPoolExecutor(max_workers=num_threads) as pool:
+            chunk = max(1, min(256, len(records) // (4 * num_threads)))
+            errors = pool.map(
+                lambda r: _image_file_error(r, image_format), records, chunksize=chunk
+            )
+            first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise ValueError(first)
+
+
+def check_image_file(record: Dict, image_format: Optional[str] = None) -> None:
+    """Raise ValueError if the record's image file is missing, unreadable, of another size than
+    annotated, or of a mode that does not convert to ``image_format``."""
+    error = _image_file_error(record, image_format)
+    if error is not None:
+        raise ValueError(error)
+
+
+def _image_file_error(record: Dict, image_format: Optional[str]) -> Optional[str]:
+    path = record["file_name"]
+    name = _image_name(record)
+    try:
+        width, height, mode = image_size_after_exif(path)
+    except FileNotFoundError:
+        return f"{name}: image file not found"
+    except Exception as e:
+        return f"{name}: not a readable image file ({type(e).__name__}: {e})"
+    if "width" in record or "height" in record:  # as detection_utils.check_image_size
+        expected = (record.get("width"), record.get("height"))
+        if (width, height) != expected:
+            return (
+                f"{name}: image is {width}x{height} (width x height, after EXIF orientation, "
+                f"as Detectron2's read_image returns it) but the annotation says "
+                f"{expected[0]}x{expected[1]}"
+            )
+    if image_format is not None and not _mode_converts(mode, image_format):
+        return (
+            f"{name}: image mode {mode!r} does not convert to INPUT.FORMAT {image_format!r} "
+            f"(PIL Image.convert, as Detectron2's read_image does)"
+        )
+    return None
+
+
+def image_size_after_exif(path: str) -> Tuple[int, int, str]:
+    """
+    (width, height, PIL mode) of the image ``detectron2.data.detection_utils.read_image``
+    returns for ``path``, reading the header only: PIL's ``Image.open`` is lazy, and EXIF
+    orientations 5-8 swap width and height as ``_apply_exif_orientation`` does.
+    """
+    with PathManager.open(path, "rb") as f:
+        with Image.open(f) as image:
+            width, height = image.size
+            mode = image.mode
+            try:  # read_image ignores unreadable EXIF the same way
+                orientation = image.getexif().get(_EXIF_ORIENTATION)
+            except Exception:
+                orientation = None
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
+    return width, height, mode
+
+
+@lru_cache(maxsize=None)
+def _mode_converts(mode: str, image_format: str) -> bool:
+    """Whether read_image's ``image.convert`` works from ``mode`` (tried on a 1x1 image)."""
+    target = "RGB" if image_format in ("BGR", "YUV-BT.601") else image_format
+    try:
+        probe = Image.new(mode, (1, 1))
+    except Exception:  # a mode PIL reads but cannot create: do not reject on a guess
+        return True
+    try:
+        probe.convert(target)
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,151 @@
+"""By-hand benchmark of the training-data checks (``DATALOADER.CHECK_INPUTS``) at COCO scale.
+
+Builds a synthetic dataset with COCO train2017's size (117,266 records; about 7.3 boxes each,
+860k in all) and times, on one process:
+
+- the records pass (``check_records``) with boxes as lists of python floats (what Detectron2's
+  COCO loader gives), of numpy scalars, and as torch tensors (numpy < 1.24 cannot stack those in
+  one call: the per-box route);
+- the image-file pass over files it writes (small JPEGs, a quarter with EXIF orientation 6):
+  the default sample (``DATALOADER.CHECK_IMAGE_FILES 1000``) and all files, with 1 and 8
+  threads. JPEG headers are read up to the SOF marker, so the time per file does not depend on
+  the image's pixel size; the files are in the page cache (just written): cold or remote
+  storage adds its latency per file, which the threads overlap.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/check_inputs.py                 # 117,266 records and files
+    OMP_NUM_THREADS=1 python benchmarks/check_inputs.py --files 10000   # fewer files written
+
+Writes the files under ``--workdir`` (default: a temporary folder, removed at the end; about
+1 KB each) and prints a markdown table.
+"""
+import argparse
+import io
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from anchor_free_app.data.checks import check_dataset_dicts, check_records  # noqa: E402
+from detectron2.structures import BoxMode  # noqa: E402
+
+COCO_TRAIN2017_IMAGES = 117266
+COCO_TRAIN2017_BOXES = 860001
+
+
+def make_records(num_records: int, num_files: int, root: str, seed: int = 0) -> List[Dict]:
+    """Records with COCO's mean box count (1-13 boxes, mean 7.3), boxes as python floats;
+    record i points at file ``i % num_files`` (640x480, or 480x640 in the annotation where the
+    file carries EXIF orientation 6)."""
+    rng = np.random.default_rng(seed)
+    mean = COCO_TRAIN2017_BOXES / COCO_TRAIN2017_IMAGES
+    counts = np.clip(rng.poisson(mean, num_records), 1, None)
+    xy = rng.uniform(0, 400, (int(counts.sum()), 2))
+    wh = rng.uniform(1, 200, (int(counts.sum()), 2))
+    boxes = np.concatenate([xy, wh], axis=1).tolist()
+    records, start = [], 0
+    for i, n in enumerate(counts.tolist()):
+        rotated = (i % num_files) % 4 == 0
+        records.append(
+            {
+                "file_name": os.path.join(root, f"{i % num_files:06d}.jpg"),
+                "image_id": i,
+                "width": 480 if rotated else 640,
+                "height": 640 if rotated else 480,
+                "annotations": [
+                    {"bbox": box, "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "iscrowd": 0}
+                    for box in boxes[start : start + n]
+                ],
+            }
+        )
+        start += n
+    return records
+
+
+def with_box_type(records: List[Dict], convert: Callable) -> List[Dict]:
+    return [
+        dict(r, annotations=[dict(a, bbox=convert(a["bbox"])) for a in r["annotations"]])
+        for r in records
+    ]
+
+
+def write_files(root: str, num_files: int) -> float:
+    """Write ``num_files`` 640x480 JPEGs (every 4th with EXIF orientation 6); returns seconds."""
+    start = time.perf_counter()
+    blobs = []
+    for orientation in (6, None):
+        exif = Image.Exif()
+        if orientation:
+            exif[0x0112] = orientation
+        buffer = io.BytesIO()
+        Image.new("RGB", (640, 480), (90, 120, 150)).save(buffer, "JPEG", quality=10, exif=exif)
+        blobs.append(buffer.getvalue())
+    for i in range(num_files):
+        with open(os.path.join(root, f"{i:06d}.jpg"), "wb") as f:
+            f.write(blobs[0] if i % 4 == 0 else blobs[1])
+    return time.perf_counter() - start
+
+
+def timed(fn: Callable, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=COCO_TRAIN2017_IMAGES)
+    parser.add_argument("--files", type=int, default=COCO_TRAIN2017_IMAGES)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per timing (median)")
+    parser.add_argument("--workdir", default=None, help="where to write the files (kept)")
+    args = parser.parse_args(argv)
+
+    root = args.workdir or tempfile.mkdtemp(prefix="check_inputs_")
+    os.makedirs(root, exist_ok=True)
+    try:
+        records = make_records(args.records, args.files, root)
+        num_boxes = sum(len(r["annotations"]) for r in records)
+        rows = [("records", f"{len(records)} records, {num_boxes} boxes")]
+        print(f"{len(records)} records, {num_boxes} boxes; writing {args.files} files to {root}")
+        write_s = write_files(root, args.files)
+        print(f"files written in {write_s:.1f} s")
+
+        def row(what: str, seconds: float) -> None:
+            rows.append((what, f"{seconds:.2f} s"))
+            print(f"{what}: {seconds:.2f} s", flush=True)
+
+        row("records pass, python floats", timed(lambda: check_records(records), args.repeat))
+        np_records = with_box_type(records, lambda b: [np.float32(v) for v in b])
+        row("records pass, numpy float32 scalars", timed(lambda: check_records(np_records), 1))
+        del np_records
+        t_records = with_box_type(records, lambda b: torch.tensor(b))
+        row("records pass, torch tensors", timed(lambda: check_records(t_records), 1))
+        del t_records
+        for files, threads in ((1000, 8), (-1, 1), (-1, 8)):
+            what = (
+                f"records + image files ({'all ' + str(args.files) if files < 0 else files}"
+                f" of {len(records)} records), {threads} thread{'s' if threads > 1 else ''}"
+            )
+            row(what, timed(lambda: check_dataset_dicts(records, files, "BGR", threads), 1))
+        print("\n| pass | time |\n|---|---|")
+        for what, value in rows:
+            print(f"| {what} | {value} |")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
