@@ -8,8 +8,11 @@ setup:
 test: setup
 	$(PY) -m pytest -q tests
 
+# MODEL.DEVICE chosen explicitly: cuda when torch sees a GPU, else cpu (printed before training).
 demo: setup
-	$(PY) train_net.py --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml OUTPUT_DIR output/demo_pseudo_iou
+	device=$$($(PY) -m anchor_free_app.device) && \
+	$(PY) train_net.py --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml \
+	  MODEL.DEVICE $$device OUTPUT_DIR output/demo_pseudo_iou
 
 bench: setup
 	$(PY) benchmarks/benchmark.py --output benchmarks/results

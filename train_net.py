@@ -6,14 +6,17 @@ Train and evaluate the Pseudo-IoU and AutoAssign detectors (or any Detectron2 ya
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/to/model_final.pth
     python train_net.py --config-file CONFIG --resume          # continue from OUTPUT_DIR
 
-The detector is chosen by MODEL.META_ARCHITECTURE ("PseudoIoU" or "AutoAssign"). Without CUDA,
---num-gpus N starts N CPU worker processes (gloo).
+The detector is chosen by MODEL.META_ARCHITECTURE ("PseudoIoU" or "AutoAssign"). MODEL.DEVICE
+(Detectron2's default: cuda) is checked before any worker starts: cuda without CUDA, or
+--num-gpus above the number of GPUs, is an error. On the CPU, pass MODEL.DEVICE cpu; --num-gpus N
+then starts N CPU worker processes (gloo).
 """
-import logging
+from typing import Optional, Sequence
 
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from anchor_free_app.checkpoint import SafeDetectionCheckpointer
 from anchor_free_app.config import setup_cfg
@@ -47,9 +50,13 @@ def main(args):
     return trainer.train()
 
 
-def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
-    logging.getLogger(__name__).info("Command Line Args: %s", args)
+def invoke_main(argv: Optional[Sequence[str]] = None) -> None:
+    args = default_argument_parser().parse_args(argv)
+    # The config is read here, in the launching process, so that a device that is not there
+    # (MODEL.DEVICE cuda without CUDA, --num-gpus above the GPU count) is an error before any
+    # worker process starts; ``launch`` logs which device and how many workers.
+    setup_logger(name="anchor_free_app.launch", abbrev_name="launch")
+    cfg = setup_cfg(args.config_file, args.opts)
     launch(
         main,
         args.num_gpus,
@@ -57,6 +64,7 @@ def invoke_main() -> None:
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        device=cfg.MODEL.DEVICE,
     )
 
 

@@ -5,13 +5,12 @@ import logging
 import os
 from typing import Sequence
 
-import torch
-
 from detectron2.config import CfgNode
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .data import register_demo_shapes_from_cfg
+from .device import check_device as check_model_device
 
 __all__ = ["add_app_config", "get_project_cfg", "setup_cfg"]
 
@@ -57,19 +56,26 @@ def get_project_cfg() -> CfgNode:
     return cfg
 
 
-def setup_cfg(config_file: str, opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:
+def setup_cfg(
+    config_file: str,
+    opts: Sequence[str] = (),
+    freeze: bool = True,
+    check_device: bool = True,
+) -> CfgNode:
     """
-    Load ``config_file`` and ``KEY VALUE`` overrides onto the project config, fall back to the
-    CPU when CUDA is missing, and register the built-in demo dataset if the config uses it.
+    Load ``config_file`` and ``KEY VALUE`` overrides onto the project config, check that
+    ``MODEL.DEVICE`` is there (a CUDA device without CUDA is a
+    :class:`~anchor_free_app.device.DeviceError` saying to pass ``MODEL.DEVICE cpu``; nothing
+    falls back to the CPU silently; ``check_device=False`` for tools that run no model), and
+    register the built-in demo dataset if the config uses it.
     """
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file not found: {config_file}")
     cfg = get_project_cfg()
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE=cpu).")
-        cfg.MODEL.DEVICE = "cpu"
+    if check_device:
+        check_model_device(cfg.MODEL.DEVICE)
     register_demo_shapes_from_cfg(cfg)
     if freeze:
         cfg.freeze()

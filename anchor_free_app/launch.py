@@ -1,14 +1,16 @@
-"""Detectron2's ``launch``, plus CPU worker processes (gloo) where there is no CUDA."""
+"""Detectron2's ``launch`` for GPU jobs and CPU worker processes (gloo) when the config asks for
+the CPU, after the device checks of :mod:`anchor_free_app.device`, in the launching process."""
 import logging
 from datetime import timedelta
 from typing import Callable, Optional
 
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
+
+from .device import check_launch
 
 __all__ = ["launch"]
 
@@ -53,14 +55,19 @@ def launch(
     dist_url: Optional[str] = None,
     args: tuple = (),
     timeout: timedelta = timedelta(minutes=30),
+    device: str = "cuda",
 ):
     """
-    Detectron2's ``launch`` where CUDA is available. Without CUDA, ``num_gpus_per_machine``
-    worker processes per machine run on the CPU with the gloo backend (Detectron2 v0.6's
-    ``launch`` asserts CUDA; main's still fails later in DDP).
+    Run ``main_func(*args)`` in ``num_gpus_per_machine`` worker processes per machine on
+    ``device`` (the config's ``MODEL.DEVICE``), checked first by :func:`check_launch`, so a
+    GPU job on a machine without (enough) GPUs fails here, before any worker starts.
+
+    CUDA: Detectron2's ``launch``. CPU with several workers: CPU worker processes with the gloo
+    backend (Detectron2 v0.6's ``launch`` asserts CUDA; main's fails later in DDP).
     """
+    logger.info(check_launch(device, num_gpus_per_machine))
     world_size = num_machines * num_gpus_per_machine
-    if torch.cuda.is_available() or world_size == 1:
+    if device != "cpu" or world_size == 1:
         return d2_launch(
             main_func,
             num_gpus_per_machine,
@@ -73,10 +80,6 @@ def launch(
         if num_machines > 1:
             raise ValueError("--dist-url must be given (tcp://HOST:PORT) for a multi-machine job")
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
-    logger.warning(
-        f"CUDA is not available: starting {num_gpus_per_machine} CPU worker processes per machine "
-        "(gloo backend) instead of one per GPU."
-    )
     mp.start_processes(
         _cpu_worker,
         nprocs=num_gpus_per_machine,
@@ -92,3 +95,4 @@ def _find_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+

@@ -7,12 +7,13 @@ from typing import Sequence, Tuple
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIOU_DEMO = os.path.join(REPO_ROOT, "configs", "PseudoIoU", "pseudo_iou_R_18_FPN_demo.yaml")
 AA_DEMO = os.path.join(REPO_ROOT, "configs", "AutoAssign", "autoassign_R_18_FPN_demo.yaml")
-# 16 train / 4 val images of 64 x 64: enough to run the whole pipeline in seconds.
+# 16 train / 4 val images of 64 x 64: enough to run the whole pipeline in seconds. On the CPU,
+# asked for explicitly (Detectron2's default MODEL.DEVICE is cuda; no silent CPU fallback).
 TINY_DATA = [
     "DATASETS.DEMO_SHAPES.NUM_TRAIN", "16", "DATASETS.DEMO_SHAPES.NUM_VAL", "4",
     "DATASETS.DEMO_SHAPES.IMAGE_SIZE", "64", "INPUT.MIN_SIZE_TRAIN", "(64,)",
     "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
-    "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+    "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu",
 ]  # fmt: skip
 
 

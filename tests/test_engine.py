@@ -203,6 +203,6 @@ def test_two_cpu_worker_processes(tmp_path):
         ["train_net.py", "--config-file", PIOU_DEMO, "--num-gpus", "2", "SOLVER.MAX_ITER", "2",
          "OUTPUT_DIR", str(tmp_path)] + TINY_DATA  # fmt: skip
     )
-    assert "2 CPU worker processes" in log
+    assert "MODEL.DEVICE cpu: 2 CPU worker processes per machine (gloo backend)" in log
     assert "copypaste: AP" in log
     assert (tmp_path / "model_final.pth").exists()

@@ -27,7 +27,7 @@ def test_short_training_fits_a_demo_subset(tmp_path):
         "DATASETS.DEMO_SHAPES.NUM_TRAIN", "16", "DATASETS.DEMO_SHAPES.NUM_VAL", "4",
         "DATASETS.TEST", "('demo_shapes_train',)",  # the 16 training images
         "SOLVER.MAX_ITER", "120", "SOLVER.WARMUP_ITERS", "20", "SOLVER.STEPS", "(100,)",
-        "SOLVER.CHECKPOINT_PERIOD", "100000", "SEED", "42",
+        "SOLVER.CHECKPOINT_PERIOD", "100000", "SEED", "42", "MODEL.DEVICE", "cpu",
         "OUTPUT_DIR", str(tmp_path / "out"),
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")  # faster than 2 threads on a shared 2-core box

@@ -32,7 +32,8 @@ def register(tmp_path):
     if DATASET not in DatasetCatalog.list():
         DatasetCatalog.register(DATASET, lambda: [record])
         MetadataCatalog.get(DATASET).thing_classes = ["a", "b"]
-    return ["DATASETS.TRAIN", f"('{DATASET}',)", "DATASETS.TEST", f"('{DATASET}',)"]
+    return ["DATASETS.TRAIN", f"('{DATASET}',)", "DATASETS.TEST", f"('{DATASET}',)",
+            "MODEL.DEVICE", "cpu"]  # fmt: skip
 
 
 def test_visualize_writes_pngs(tmp_path):

@@ -213,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
 
     from anchor_free_app.config import setup_cfg
 
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = setup_cfg(args.config_file, args.opts, check_device=False)  # runs no model
     records = DatasetCatalog.get(args.dataset)
     if not 0 <= args.image_index < len(records):
         raise IndexError(
