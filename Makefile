@@ -1,7 +1,7 @@
 # Targets named in README.md. `make setup` is idempotent and quick once done.
 PY := .venv/bin/python
 
-.PHONY: setup test demo bench clean-demo
+.PHONY: setup test demo bench bench-syncs clean-demo
 setup:
 	bash tools/setup_env.sh
 
@@ -16,6 +16,10 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/benchmark.py --output benchmarks/results
+
+# Host-device synchronisations per training iteration of the four models (about 2 minutes).
+bench-syncs: setup
+	$(PY) benchmarks/benchmark.py --syncs --threads 1 --output benchmarks/results
 
 clean-demo:
 	rm -rf output/demo_*

@@ -1,10 +1,11 @@
-"""Smoke test of the benchmark harness (``benchmarks/benchmark.py``) at tiny sizes, and unit tests
-of its pieces. Nothing here asserts on timings: only on the structure of what it writes and on
-numbers derived from the recorded ones."""
-import importlib.util
+"""Smoke test of the benchmark harness (``benchmarks/``) at tiny sizes, and unit tests of its
+pieces. Nothing here asserts on timings: only on the structure of what it writes and on numbers
+derived from the recorded ones."""
 import json
 import math
 import os
+import re
+import sys
 
 import pytest
 import torch
@@ -12,17 +13,12 @@ import torch
 from detectron2.layers import ShapeSpec
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
 
-
-def _load_benchmark_module():
-    path = os.path.join(REPO_ROOT, "benchmarks", "benchmark.py")
-    spec = importlib.util.spec_from_file_location("anchor_free_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark_module()
+from benchmarks import benchmark as bench  # noqa: E402
+from benchmarks import models, report, timing  # noqa: E402
+from benchmarks.settings import MODEL_NAMES, TIMED_KEYS, BenchSettings  # noqa: E402
 
 
 TINY_ARGS = [
@@ -36,11 +32,11 @@ TINY_ARGS = [
 
 def test_tiny_run_writes_table_json_and_plot(tmp_path, one_torch_thread):
     plot = tmp_path / "scaling.png"
-    report = bench.main(TINY_ARGS + ["--output", str(tmp_path), "--plot", str(plot)])
+    written = bench.main(TINY_ARGS + ["--output", str(tmp_path), "--plot", str(plot)])
 
     with open(tmp_path / "benchmark_cpu.json") as f:
         saved = json.load(f)
-    assert saved["results"] == json.loads(json.dumps(report["results"]))
+    assert saved["results"] == json.loads(json.dumps(written["results"]))
     for key in ("command", "date_utc", "settings", "machine", "memory_method", "fcos_head",
                 "loadavg_start", "loadavg_end", "wall_s", "sweep", "targets", "markdown"):
         assert key in saved, key
@@ -51,11 +47,11 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, one_torch_thread):
     assert saved["build_errors"] == {}
 
     results = saved["results"]
-    assert list(results) == list(bench.MODEL_NAMES)
+    assert list(results) == list(MODEL_NAMES)
     fcos = results["FCOS"]
     for name, res in results.items():
         assert "error" not in res, (name, res)
-        for key in bench.TIMED_KEYS:
+        for key in TIMED_KEYS:
             assert len(res[key]["samples_ms"]) == 2
             assert res[key]["median_ms"] == pytest.approx(sum(res[key]["samples_ms"]) / 2)
             assert res[key]["min_ms"] <= res[key]["median_ms"] <= res[key]["max_ms"]
@@ -79,7 +75,7 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, one_torch_thread):
     ]
     for row in sweep:
         assert row["batch_size"] == 1
-        assert set(row["models"]) == set(bench.MODEL_NAMES)
+        assert set(row["models"]) == set(MODEL_NAMES)
         for entry in row["models"].values():
             assert "error" not in entry and entry["median_ms"] > 0
             assert len(entry["samples_ms"]) == 1 and "peak_mib" in entry
@@ -103,7 +99,7 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, one_torch_thread):
 
     markdown = (tmp_path / "benchmark_cpu.md").read_text()
     assert "| model | train step ms | inference ms | post-process ms |" in markdown
-    for name in bench.MODEL_NAMES:
+    for name in MODEL_NAMES:
         assert f"| {name} | " in markdown
     assert "| 64x107 | 3 |" in markdown
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -111,7 +107,7 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, one_torch_thread):
 
 def test_fcos_head_has_the_layout_of_fcoshead_gn_on_detectron2_main():
     shapes = [ShapeSpec(channels=64, stride=8), ShapeSpec(channels=64, stride=16)]
-    head = bench.build_fcos_head(shapes, num_classes=3, num_convs=2)
+    head = models.build_fcos_head(shapes, num_classes=3, num_convs=2)
     # Detectron2 main's FCOSHead(norm="GN"): Conv2d (with bias) -> GroupNorm(32, C) -> ReLU.
     expected = []
     for tower in ("cls_subnet", "bbox_subnet"):
@@ -151,8 +147,8 @@ def test_fcos_head_has_the_layout_of_fcoshead_gn_on_detectron2_main():
 
 def test_random_boxes_lie_inside_the_image_and_are_reproducible():
     g = torch.Generator().manual_seed(3)
-    boxes = bench.random_boxes(500, 80, 120, g)
-    again = bench.random_boxes(500, 80, 120, torch.Generator().manual_seed(3))
+    boxes = models.random_boxes(500, 80, 120, g)
+    again = models.random_boxes(500, 80, 120, torch.Generator().manual_seed(3))
     assert torch.equal(boxes, again)
     assert boxes.shape == (500, 4)
     x0, y0, x1, y1 = boxes.unbind(1)
@@ -162,25 +158,25 @@ def test_random_boxes_lie_inside_the_image_and_are_reproducible():
     side = ((x1 - x0) * (y1 - y0)).sqrt()
     assert side.min() < 12 and side.max() > 50
 
-    batch = bench.make_batch(2, 80, 120, 7, 5, seed=1)
+    batch = models.make_batch(2, 80, 120, 7, 5, seed=1)
     assert len(batch) == 2
     for item in batch:
         assert item["image"].shape == (3, 80, 120) and item["image"].dtype == torch.uint8
         assert (item["height"], item["width"]) == (80, 120)
         assert len(item["instances"]) == 7
         assert item["instances"].gt_classes.max() < 5
-    assert bench.short_side_size(800) == (800, 1333)
-    assert bench.short_side_size(512) == (512, 853)
+    assert models.short_side_size(800) == (800, 1333)
+    assert models.short_side_size(512) == (512, 853)
 
 
-@pytest.mark.skipif(not bench.cpu_peak_rss_supported(), reason="needs /proc/self/clear_refs")
+@pytest.mark.skipif(not timing.cpu_peak_rss_supported(), reason="needs /proc/self/clear_refs")
 def test_cpu_peak_memory_sees_torch_allocations():
     device = torch.device("cpu")
-    with bench.PeakMemory(device) as mem:
+    with timing.PeakMemory(device) as mem:
         x = torch.ones(64 << 18)  # 64 MiB of float32, touched
         del x
     assert 60 <= mem.peak_mib < 200
-    with bench.PeakMemory(device) as idle:
+    with timing.PeakMemory(device) as idle:
         pass
     assert idle.peak_mib < 16
 
@@ -198,13 +194,13 @@ def test_ratios_and_targets_from_hand_made_results():
         "FCOS": {"train": _timing(100.0), "inference": _timing(40.0),
                  "assign_loss": _timing(5.0), "peak_mib": {"train": 200.0}},
     }
-    bench.add_ratios(results)
+    report.add_ratios(results)
     assert results["PseudoIoU"]["ratio_to_fcos"] == pytest.approx(
         {"train": 1.0, "inference": 1.025, "assign_loss": 0.8, "peak_mib_train": 1.5})
     assert results["AutoAssign"]["ratio_to_fcos"]["train"] == pytest.approx(1.055)
     assert results["AutoAssign"]["assign_loss_share_of_train"] == pytest.approx(6.0 / 105.5)
 
-    settings = bench.BenchSettings(batch_size=2, sweep_batch_size=1)
+    settings = BenchSettings(batch_size=2, sweep_batch_size=1)
     sweep = [
         {"kind": "boxes", "image_size": [800, 1333], "boxes_per_image": 100,
          "models": {"PseudoIoU": _timing(2.4), "AutoAssign": _timing(2.7)}},
@@ -213,7 +209,7 @@ def test_ratios_and_targets_from_hand_made_results():
                     "AutoAssign": {"error": "RuntimeError: out of memory"}}},
     ]
     checks = {c["target"]: (c["value"], c["holds"])
-              for c in bench.check_targets(results, sweep, settings)}
+              for c in report.check_targets(results, sweep, settings)}
     assert checks["PseudoIoU train step <= 1.00x FCOS"] == ("1.000x", True)
     assert checks["AutoAssign train step <= 1.05x FCOS"] == ("1.055x", False)
     assert checks["PseudoIoU inference <= 1.00x FCOS"] == ("1.025x", False)
@@ -238,16 +234,16 @@ def test_targets_report_the_spread_of_interleaved_rounds():
         "AutoAssign": {"train": timing([100.0, 99.0, 101.0]), "inference": timing([40.0, 40.0, 40.0])},
         "FCOS": {"train": timing([100.0, 100.0, 100.0]), "inference": timing([40.0, 40.0, 40.0])},
     }
-    bench.add_ratios(results)
+    report.add_ratios(results)
     assert results["PseudoIoU"]["round_ratios_to_fcos"]["train"] == pytest.approx([0.98, 1.04, 1.03])
-    checks = {c["target"]: c for c in bench.check_targets(results, [], bench.BenchSettings())}
+    checks = {c["target"]: c for c in report.check_targets(results, [], BenchSettings())}
     train = checks["PseudoIoU train step <= 1.00x FCOS"]
     assert train["value"] == "1.030x (rounds 0.98-1.04x)"
     assert train["holds"] is False and train["resolved"] is False  # one round met the target
     inference = checks["PseudoIoU inference <= 1.00x FCOS"]
     assert inference["holds"] is False and "resolved" not in inference  # every round slower
     assert checks["AutoAssign train step <= 1.05x FCOS"]["holds"] is True
-    table = bench.targets_table(list(checks.values()))
+    table = report.targets_table(list(checks.values()))
     assert "| PseudoIoU train step <= 1.00x FCOS | 1.030x (rounds 0.98-1.04x) | not resolved" in table
     assert "| PseudoIoU inference <= 1.00x FCOS | 1.125x (rounds 1.10-1.15x) | NO |" in table
 
@@ -272,3 +268,71 @@ def test_counts_default_by_device_and_flags_override_them():
     custom = bench.settings_from_args(bench.parse_args(
         ["--device", "cpu", "--batch-size", "2", "--iters", "5", "--sweep-iters", "4"]))
     assert (custom.batch_size, custom.iters, custom.sweep_iters) == (2, 5, 4)
+    syncs = bench.settings_from_args(bench.parse_args(["--device", "cpu", "--syncs"]))
+    assert syncs.syncs and (syncs.depth, syncs.image_size, syncs.batch_size) == (18, (256, 320), 2)
+    assert (syncs.sync_images, syncs.sync_boxes, syncs.boxes) == ((1, 2, 4), (5, 20, 100), 20)
+    assert bench.sync_points(syncs) == [(1, 20), (2, 20), (4, 20), (2, 5), (2, 100)]
+    with pytest.raises(ValueError, match="--sync-boxes must be positive"):
+        bench.settings_from_args(bench.parse_args(["--syncs", "--sync-boxes", "0,5"]))
+
+
+def test_tiny_sync_count_writes_tables_and_counts_the_input_copies(tmp_path, one_torch_thread):
+    args = TINY_ARGS[:TINY_ARGS.index("--warmup")] + [
+        "--syncs", "--sync-images", "1,2", "--sync-boxes", "1,3", "--output", str(tmp_path)]
+    bench.main(args)
+    with open(tmp_path / "syncs_cpu.json") as f:
+        saved = json.load(f)
+    rows = saved["syncs"]
+    assert [(r["images"], r["boxes_per_image"]) for r in rows] == [(1, 3), (2, 3), (2, 1)]
+    for row in rows:
+        assert list(row["models"]) == list(MODEL_NAMES)
+        for name, entry in row["models"].items():
+            assert "error" not in entry, (name, entry)
+            assert entry["total"] == sum(entry["by_kind"].values())
+            assert entry["total"] == sum(sum(ops.values()) for ops in entry["by_op"].values())
+            # Detectron2 moves each image and each Instances field (boxes, classes) to the
+            # device one by one, the same in all four models.
+            assert entry["by_kind"]["input_to_device"] == 3 * row["images"], name
+            assert entry["without_inputs"] == entry["total"] - 3 * row["images"]
+    markdown = (tmp_path / "syncs_cpu.md").read_text()
+    header = "| model | 1 img x 3 boxes | 2 img x 3 boxes | 2 img x 1 boxes | input copies"
+    assert header in markdown
+    fcos = rows[1]["models"]["FCOS"]
+    assert f"| FCOS | {rows[0]['models']['FCOS']['without_inputs']} | {fcos['without_inputs']} |" \
+        in markdown
+    assert "| input_to_device | `Tensor.to` | 6 | 6 | 6 | 6 |" in markdown
+    targets = {t["target"]: t for t in saved["targets"]}
+    assert len(targets) == 4
+    constant = targets["PseudoIoU syncs constant in images and boxes"]
+    counts = [r["models"]["PseudoIoU"]["without_inputs"] for r in rows]
+    assert constant["value"] == " / ".join(map(str, counts))
+    assert constant["holds"] == (len(set(counts)) == 1)
+
+
+def test_benchmark_names_no_document_outside_the_repository():
+    folder = os.path.join(REPO_ROOT, "benchmarks")
+    paths = [os.path.join(root, f) for root, _, files in os.walk(folder)
+             for f in files if f.endswith((".py", ".md"))]
+    for path in paths:
+        with open(path) as f:
+            text = f.read()
+        for pattern in (r"\bissue \d", r"\.\./shared", r"/work/", r"\bspecs?/"):
+            assert not re.search(pattern, text), (path, pattern)
+
+
+def test_sync_targets_from_hand_made_counts():
+    def row(images, boxes, piou, aa, fcos):
+        counts = {"PseudoIoU": piou, "AutoAssign": aa, "FCOS": fcos}
+        return {"images": images, "boxes_per_image": boxes,
+                "models": {n: {"without_inputs": c} for n, c in counts.items()}}
+
+    rows = [row(1, 20, 12, 9, 23), row(2, 20, 12, 11, 25), row(2, 100, 12, 11, 25)]
+    checks = {c["target"]: (c["value"], c["holds"])
+              for c in report.check_sync_targets(rows, (2, 20))}
+    assert checks["PseudoIoU syncs per iteration <= FCOS's (2 img x 20 boxes)"] == (
+        "12 (FCOS 25)", True)
+    assert checks["PseudoIoU syncs constant in images and boxes"] == ("12 / 12 / 12", True)
+    assert checks["AutoAssign syncs constant in images and boxes"] == ("9 / 11 / 11", False)
+    rows[1]["models"]["AutoAssign"]["without_inputs"] = 26
+    checks = {c["target"]: c["holds"] for c in report.check_sync_targets(rows, (2, 20))}
+    assert checks["AutoAssign syncs per iteration <= FCOS's (2 img x 20 boxes)"] is False

@@ -2,9 +2,10 @@
 """
 Deterministic companion of the timings: the FLOPs (convolutions and matrix products, counted by
 ``torch.utils.flop_counter.FlopCounterMode``) of one train step and one inference of each model,
-built exactly as ``benchmarks/benchmark.py`` builds them. On a shared CPU the train-step ratios
-to FCOS move by several percent from run to run; the FLOP ratios show what the models cost
-without that noise (the label assignment and losses add no convolution or matmul FLOPs).
+built exactly as the benchmark builds them (``benchmarks/models.py``). On a shared CPU the
+train-step ratios to FCOS move by several percent from run to run; the FLOP ratios show what the
+models cost without that noise (the label assignment and losses add no convolution or matmul
+FLOPs).
 
     .venv/bin/python benchmarks/experiments/count_flops.py [--image-size 800 1333]
 """
@@ -15,8 +16,10 @@ import sys
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import benchmark as bench  # noqa: E402
+# Run from a checkout: the repository root on the path, for ``benchmarks`` and the project.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from benchmarks.models import build_models, inference, make_batch, train_step  # noqa: E402
+from benchmarks.settings import BenchSettings  # noqa: E402
 
 
 def main() -> None:
@@ -26,15 +29,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = bench.BenchSettings(depth=args.depth, image_size=tuple(args.image_size))
-    models, errors = bench.build_models(settings)
+    settings = BenchSettings(depth=args.depth, image_size=tuple(args.image_size))
+    models, errors = build_models(settings)
     if errors:
         raise SystemExit(f"could not build: {errors}")
-    batch = bench.make_batch(1, *args.image_size, settings.boxes, settings.num_classes, 0)
+    batch = make_batch(1, *args.image_size, settings.boxes, settings.num_classes, 0)
     rows = {}
     for name, model in models.items():
         counts = []
-        for step in (bench.train_step, bench.inference):
+        for step in (train_step, inference):
             with FlopCounterMode(display=False) as counter:
                 step(model, batch)
             counts.append(counter.get_total_flops() / 1e9)

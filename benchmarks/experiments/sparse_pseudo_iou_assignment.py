@@ -10,7 +10,7 @@ boxes; time and memory grow with R x G. ``PointAssigner.assign_grid`` (used by
 enumerated from the regular point grids by ``anchor_free.inbox.inbox_pairs``. This script checks
 that both give the same ``(matched_idxs, candidate_idxs)`` on random images (released settings:
 Pseudo-IoU rule, size ranges, min-area tie-break; duplicated boxes for equal areas) and prints
-time and peak memory (peak RSS, as in ``benchmarks/benchmark.py``) for 1 to 1000 boxes at
+time and peak memory (peak RSS, as in ``benchmarks/timing.py``) for 1 to 1000 boxes at
 800x1333.
 
     .venv/bin/python benchmarks/experiments/sparse_pseudo_iou_assignment.py [--threads 1]
@@ -25,10 +25,10 @@ from typing import Tuple
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
 
-import benchmark as bench  # noqa: E402
+from benchmarks.models import random_boxes  # noqa: E402
+from benchmarks.timing import PeakMemory  # noqa: E402
 from anchor_free.inbox import grid_points, inbox_pairs  # noqa: E402
 from anchor_free.meta_arch import build_point_generator  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
@@ -41,7 +41,7 @@ OFFSET = 0.5  # Pseudo-IoU points at cell centres (MODEL.PSEUDO_IOU.POINT_OFFSET
 def measure(fn, repeats: int) -> Tuple[float, float]:
     times, peaks = [], []
     for _ in range(repeats):
-        with bench.PeakMemory(torch.device("cpu")) as mem:
+        with PeakMemory(torch.device("cpu")) as mem:
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
@@ -68,7 +68,7 @@ def main() -> None:
     # Agreement on random images, including duplicated boxes (equal areas).
     for seed in range(20):
         g = torch.Generator().manual_seed(seed)
-        boxes = bench.random_boxes(int(torch.randint(1, 200, (1,), generator=g)), 800, 1333, g)
+        boxes = random_boxes(int(torch.randint(1, 200, (1,), generator=g)), 800, 1333, g)
         boxes = torch.cat([boxes, boxes[: seed % 4]])
         dense = assigner(points, per_level, Boxes(boxes))
         sparse = assigner.assign_grid(sizes, STRIDES, OFFSET, Boxes(boxes))
@@ -81,7 +81,7 @@ def main() -> None:
           "ms | sparse peak MiB |")
     print("|---|---|---|---|---|---|")
     for num in (int(v) for v in args.boxes.split(",")):
-        boxes = Boxes(bench.random_boxes(num, 800, 1333, torch.Generator().manual_seed(num)))
+        boxes = Boxes(random_boxes(num, 800, 1333, torch.Generator().manual_seed(num)))
         pairs = inbox_pairs(boxes.tensor, sizes, STRIDES, OFFSET).gt_idx.numel()
         d_ms, d_mib = measure(lambda: assigner(points, per_level, boxes), args.repeats)
         s_ms, s_mib = measure(
