@@ -3,6 +3,8 @@
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import weakref
 from typing import Optional
 
@@ -15,10 +17,12 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+from detectron2.utils.file_io import PathManager
 
 from anchor_free.backbone import compiled_ops_available
 
-from .checkpoint import SafeDetectionCheckpointer, repair_metrics_file
+from .checkpoint import SafeDetectionCheckpointer, is_local_path, repair_metrics_file, write_file
 from .data.checks import check_training_data
 
 __all__ = ["Trainer"]
@@ -49,6 +53,38 @@ def _cpu_safe_ddp():
         d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
 
 
+class _TensorboardToStorage(TensorboardXWriter):
+    """
+    Detectron2's ``TensorboardXWriter`` for an ``OUTPUT_DIR`` that is not on the local file
+    system: torch's ``SummaryWriter`` writes local files only, so the event files are written in
+    a local temporary folder and copied into ``output_dir`` through ``PathManager`` after each
+    write (every 20 iterations) and when training ends.
+    """
+
+    def __init__(self, output_dir: str, **kwargs):
+        self._output_dir = output_dir
+        self._local_dir = tempfile.mkdtemp(prefix="tensorboard-")
+        super().__init__(self._local_dir, **kwargs)
+
+    def write(self):
+        super().write()
+        self._writer.flush()
+        self._upload()
+
+    def close(self):
+        super().close()
+        self._upload()
+        shutil.rmtree(self._local_dir, ignore_errors=True)
+
+    def _upload(self) -> None:
+        for folder, _, files in os.walk(self._local_dir):
+            for name in files:
+                local = os.path.join(folder, name)
+                target = os.path.join(self._output_dir, os.path.relpath(local, self._local_dir))
+                with open(local, "rb") as src:
+                    write_file(target, lambda dst: shutil.copyfileobj(src, dst))
+
+
 # Detectron2 main saves the optimizer (and AMP grad scaler) state under "_trainer"; v0.6 did not.
 _D2_SAVES_TRAINER_STATE = "state_dict" in DefaultTrainer.__dict__
 
@@ -60,7 +96,8 @@ class Trainer(DefaultTrainer):
     v0.6 too (main's ``DefaultTrainer.state_dict`` saves it under ``_trainer``; v0.6's did not,
     see docs/design.md); checkpoints and
     ``last_checkpoint`` written atomically and ``metrics.json`` repaired on ``--resume``, so a
-    killed run always resumes; training data checked before the first iteration.
+    killed run always resumes; ``OUTPUT_DIR`` on any storage Detectron2's ``PathManager`` has a
+    handler for; training data checked before the first iteration.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -75,10 +112,34 @@ class Trainer(DefaultTrainer):
         )
         return super().build_hooks()
 
+    def build_writers(self):
+        """Detectron2's writers; on an ``OUTPUT_DIR`` that is not local, the tensorboard events
+        are written locally and copied there (:class:`_TensorboardToStorage`)."""
+        output_dir = self.cfg.OUTPUT_DIR
+        if is_local_path(output_dir):
+            return super().build_writers()
+        # Detectron2's default_writers, but its TensorboardXWriter would fail on the URI
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(output_dir, "metrics.json")),
+            _TensorboardToStorage(output_dir),
+        ]
+
     def resume_or_load(self, resume: bool = True):
         super().resume_or_load(resume=resume)
         if resume and comm.is_main_process():
-            repair_metrics_file(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
+            path = os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")
+            if repair_metrics_file(path, self.start_iter):
+                self._reopen_metrics_writers(path)
+
+    def _reopen_metrics_writers(self, path: str) -> None:
+        # Detectron2's JSONWriter opened metrics.json (append) when the hooks were built, before
+        # the resume; the repaired file is a new one, which its stream would not see.
+        for hook in self._hooks:
+            for writer in getattr(hook, "_writers", ()):
+                if isinstance(writer, JSONWriter):
+                    writer._file_handle.close()
+                    writer._file_handle = PathManager.open(path, "a")
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
