@@ -1,12 +1,28 @@
-# Targets named in README.md. `make setup` is idempotent and quick once done.
+# Targets named in README.md. The set-up targets are idempotent and quick once done.
+#   make test                      .venv: Detectron2 by D2_ROUTE (auto: main from D2_SOURCE or git
+#                                  when reachable, else the v0.6 fallback), then the whole suite
+#   make test-main D2_SOURCE=SRC   .venv-main: official Detectron2 main built with its compiled
+#                                  ops from SRC (source archive or folder; git when unset), suite
 PY := .venv/bin/python
+PY_MAIN := .venv-main/bin/python
+D2_ROUTE ?= auto
+D2_SOURCE ?=
+D2_SOURCE_SHA256 ?=
 
-.PHONY: setup test demo bench bench-syncs clean-demo
+.PHONY: setup setup-main test test-main demo bench bench-syncs clean-demo
 setup:
-	bash tools/setup_env.sh
+	VENV=.venv D2_ROUTE=$(D2_ROUTE) D2_SOURCE="$(D2_SOURCE)" D2_SOURCE_SHA256="$(D2_SOURCE_SHA256)" \
+	  bash tools/setup_env.sh
+
+setup-main:
+	VENV=.venv-main D2_ROUTE=main D2_SOURCE="$(D2_SOURCE)" D2_SOURCE_SHA256="$(D2_SOURCE_SHA256)" \
+	  bash tools/setup_env.sh
 
 test: setup
 	$(PY) -m pytest -q tests
+
+test-main: setup-main
+	$(PY_MAIN) -m pytest -q tests
 
 # MODEL.DEVICE chosen explicitly: cuda when torch sees a GPU, else cpu (printed before training).
 demo: setup
