@@ -1,7 +1,7 @@
 """Export (``anchor_free_app/export.py``, ``tools/export_model.py``): the traced TorchScript and
 ONNX models of both detectors give the eager model's detections on images of other sizes than the
 traced one (TorchScript to 1e-5 px, measured exact; ONNX Runtime within 1e-3 px and 1e-5 in score,
-measured 1.2e-4 and 2.6e-6), on Detectron2 v0.6 and main; the routes that cannot work (scripting,
+measured 2.5e-4 and 9.5e-7), on Detectron2 v0.6 and main; the routes that cannot work (scripting,
 scripting to ONNX) fail with the reason and the route that works."""
 import importlib.util
 import json
@@ -129,7 +129,8 @@ def test_compare_detections_finds_a_moved_box_and_a_missing_one():
 
 def test_scripting_fails_with_the_reason_and_the_route_that_works(tmp_path):
     model = _model("AutoAssign")
-    with pytest.raises(export.ExportError, match="TorchScript fails with .*--export-method tracing"):
+    expected = "TorchScript fails with .*known blockers.*--export-method tracing"
+    with pytest.raises(export.ExportError, match=expected):
         export.export_model(model, None, str(tmp_path), "torchscript", "scripting")
     with pytest.raises(export.ExportError, match="ONNX needs --export-method tracing"):
         export.export_model(model, None, str(tmp_path), "onnx", "scripting")
@@ -144,7 +145,7 @@ def test_export_api_on_this_detectron2():
         import detectron2.export  # noqa: F401
     except ModuleNotFoundError as e:  # Detectron2 v0.6: its __init__ imports caffe2
         assert e.name.startswith("caffe2")
-        assert "caffe2" in api.source and api.source.endswith(".py (detectron2.export imports caffe2 here)")
+        assert api.source.endswith("(detectron2.export imports caffe2 here)"), api.source
     else:
         assert api.source == "detectron2.export"
 

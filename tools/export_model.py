@@ -5,7 +5,8 @@ Export a Pseudo-IoU or AutoAssign model to TorchScript or ONNX (Detectron2's
 eager one on generated images of other sizes than the traced one:
 
     python tools/export_model.py --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml \
-        --format onnx --output export/pseudo_iou MODEL.WEIGHTS output/demo_pseudo_iou/model_final.pth
+        --format onnx --output export/pseudo_iou \
+        MODEL.WEIGHTS output/demo_pseudo_iou/model_final.pth MODEL.DEVICE cpu
 
 writes ``export/pseudo_iou/model.onnx`` (or ``model.ts``) and ``parity.json``, prints one line per
 checked image (detections of each model, unmatched ones, largest box and score differences) and
@@ -137,8 +138,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="export_model")
     setup_logger(name="anchor_free_app")
-    cfg = setup_cfg(args.config_file, args.opts, freeze=False)
-    cfg.MODEL.DEVICE = "cpu"  # exported on and checked on the CPU
+    # Exported and checked on the CPU, whatever MODEL.DEVICE the model was trained on: the
+    # traced graph holds no device, and ONNX Runtime runs here on its CPU provider.
+    cfg = setup_cfg(args.config_file, args.opts, freeze=False, check_device=False)
+    if cfg.MODEL.DEVICE != "cpu":
+        logger.info(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}: exporting on the CPU")
+    cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     api = detectron2_export_api()
     logger.info(f"Detectron2's export API from {api.source}")
