@@ -96,6 +96,7 @@ from benchmarks.report import (  # noqa: E402
     main_table,
     plot_sweep,
     sweep_table,
+    sync_locations_table,
     sync_ops_table,
     sync_table,
     targets_table,
@@ -446,6 +447,10 @@ def run_syncs(s: BenchSettings, argv: Optional[Sequence[str]] = None) -> Dict[st
         sync_table(rows, list(s.models), base), "",
         f"### By operation, {base[0]} images x {base[1]} boxes", "",
         sync_ops_table({n: at_base["models"][n] for n in s.models if n in at_base["models"]}),
+        "", f"### Where, {base[0]} images x {base[1]} boxes (the caller of each operation; "
+        "for the backward, the `.backward()` call)", "",
+        sync_locations_table(at_base["models"], [n for n in ("PseudoIoU", "AutoAssign")
+                                                 if n in at_base["models"]]),
         "", "### Targets (counts without the input copies)", "", targets_table(report["targets"]),
         "", f"Command: `{report['command']}` ({report['wall_s']} s)",
     ]

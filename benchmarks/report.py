@@ -25,6 +25,7 @@ __all__ = [
     "main_table",
     "plot_sweep",
     "sweep_table",
+    "sync_locations_table",
     "sync_ops_table",
     "sync_table",
     "targets_table",
@@ -265,6 +266,22 @@ def sync_ops_table(entries: Dict[str, Dict[str, Any]]) -> str:
         cells = [str(entries[n]["by_op"].get(kind, {}).get(op, 0)) for n in names]
         lines.append(f"| {kind} | `{op}` | " + " | ".join(cells) + " |")
     lines.append("| total | | " + " | ".join(str(entries[n]["total"]) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def sync_locations_table(
+    entries: Dict[str, Dict[str, Any]], names: Sequence[str], top: int = 12
+) -> str:
+    """The ``top`` source lines with the most synchronisations of each of ``names`` (the
+    input copies left out)."""
+    lines = ["| model | where | syncs |", "|---|---|---|"]
+    for name in names:
+        locations = list((entries.get(name) or {}).get("by_location", {}).items())
+        for where_, n in locations[:top]:
+            lines.append(f"| {name} | `{where_}` | {n} |")
+        rest = sum(n for _, n in locations[top:])
+        if rest:
+            lines.append(f"| {name} | {len(locations) - top} other lines | {rest} |")
     return "\n".join(lines)
 
 

@@ -49,6 +49,8 @@ device on the CPU (model code moves to ``self.device``; use ``.cpu()`` for the h
 makes every synchronising CUDA call warn; the warnings are recorded and counted by source line.
 """
 import collections
+import os
+import sys
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
@@ -78,6 +80,22 @@ _FACTORIES = {
 }  # fmt: skip
 _TO_HOST = {torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.tolist}
 _TO_DEVICE = {torch.Tensor.to, torch.Tensor.cuda}
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_THIS_FILE = os.path.abspath(__file__)
+
+
+def _caller() -> str:
+    """``path:line`` of the innermost Python frame outside torch and this file: the code that
+    asked for the synchronising operation (for the backward: the ``.backward()`` call)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith(_TORCH_DIR) and path != _THIS_FILE:
+            short = path.split("site-packages" + os.sep)[-1]
+            root = os.path.dirname(os.path.dirname(_THIS_FILE)) + os.sep
+            return f"{short[len(root):] if short.startswith(root) else short}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "?"
 
 
 def _tensors(tree: Any) -> List[Tensor]:
@@ -107,11 +125,17 @@ class _State:
     def __init__(self, host_inputs: Iterable[Tensor], simulate: bool):
         self.simulate = simulate  # CPU run: placement on CUDA simulated
         self.counts: Dict[str, collections.Counter] = {k: collections.Counter() for k in KINDS}
+        self.locations: collections.Counter = collections.Counter()
         self.host = WeakIdKeyDictionary()
         self.inputs = WeakIdKeyDictionary()
         for t in host_inputs:
             self.host[t] = True
             self.inputs[t] = True
+
+    def count(self, kind: str, op: str) -> None:
+        self.counts[kind][op] += 1
+        if kind != "input_to_device":
+            self.locations[_caller()] += 1
 
     def is_host(self, t: Tensor) -> bool:
         if not self.simulate:
@@ -140,7 +164,7 @@ class _DispatchCounter(TorchDispatchMode):
         if tensors and not on_host:
             kind = _aten_sync_kind(func, args, kwargs)
             if kind is not None:
-                self.state.counts[kind][str(func.overloadpacket)] += 1
+                self.state.count(kind, str(func.overloadpacket))
         out = func(*args, **kwargs)
         if on_host:
             self.state.mark(out, host=True)
@@ -166,7 +190,7 @@ class _FunctionCounter(TorchFunctionMode):
         self.state = state
 
     def _count(self, kind: str, name: str) -> None:
-        self.state.counts[kind][name] += 1
+        self.state.count(kind, name)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -230,7 +254,9 @@ class SyncCounter:
             tensor.
         device: where ``step`` runs; on CUDA the placement is the tensors' real device.
 
-    After the block: ``c.counts`` {kind: {op: n}}, ``c.total``, ``c.total_without_inputs``.
+    After the block: ``c.counts`` {kind: {op: n}}, ``c.total``, ``c.total_without_inputs``,
+    ``c.by_location`` {"path:line": n} (the caller of each counted operation, input copies
+    left out; most frequent first).
     """
 
     def __init__(self, host_inputs: Iterable[Tensor] = (), device: Any = "cpu"):
@@ -251,6 +277,10 @@ class SyncCounter:
     @property
     def counts(self) -> Dict[str, Dict[str, int]]:
         return {kind: dict(sorted(c.items())) for kind, c in self._state.counts.items()}
+
+    @property
+    def by_location(self) -> Dict[str, int]:
+        return dict(self._state.locations.most_common())
 
     @property
     def total(self) -> int:
@@ -315,7 +345,8 @@ def count_syncs(
 ) -> Dict[str, Any]:
     """
     The synchronisations of one call of ``step`` (which reads ``batched_inputs``):
-    {"total", "without_inputs", "by_kind" {kind: n}, "by_op" {kind: {op: n}}} and, on CUDA,
+    {"total", "without_inputs", "by_kind" {kind: n}, "by_op" {kind: {op: n}}, "by_location"
+    {"path:line": n}} and, on CUDA,
     "cuda_debug_mode" {"total", "by_location"} from a second call under
     :class:`CudaSyncCounter`.
     """
@@ -327,6 +358,7 @@ def count_syncs(
         "without_inputs": counter.total_without_inputs,
         "by_kind": {k: sum(v.values()) for k, v in counter.counts.items()},
         "by_op": {k: v for k, v in counter.counts.items() if v},
+        "by_location": counter.by_location,
     }
     if device.type == "cuda":
         with CudaSyncCounter(device) as cuda_counter:

@@ -294,6 +294,7 @@ def test_tiny_sync_count_writes_tables_and_counts_the_input_copies(tmp_path, one
             # device one by one, the same in all four models.
             assert entry["by_kind"]["input_to_device"] == 3 * row["images"], name
             assert entry["without_inputs"] == entry["total"] - 3 * row["images"]
+            assert sum(entry["by_location"].values()) == entry["without_inputs"]
     markdown = (tmp_path / "syncs_cpu.md").read_text()
     header = "| model | 1 img x 3 boxes | 2 img x 3 boxes | 2 img x 1 boxes | input copies"
     assert header in markdown
@@ -301,6 +302,7 @@ def test_tiny_sync_count_writes_tables_and_counts_the_input_copies(tmp_path, one
     assert f"| FCOS | {rows[0]['models']['FCOS']['without_inputs']} | {fcos['without_inputs']} |" \
         in markdown
     assert "| input_to_device | `Tensor.to` | 6 | 6 | 6 | 6 |" in markdown
+    assert "### Where, 2 images x 3 boxes" in markdown
     targets = {t["target"]: t for t in saved["targets"]}
     assert len(targets) == 4
     constant = targets["PseudoIoU syncs constant in images and boxes"]
@@ -336,3 +338,25 @@ def test_sync_targets_from_hand_made_counts():
     rows[1]["models"]["AutoAssign"]["without_inputs"] = 26
     checks = {c["target"]: c["holds"] for c in report.check_sync_targets(rows, (2, 20))}
     assert checks["AutoAssign syncs per iteration <= FCOS's (2 img x 20 boxes)"] is False
+
+
+def test_benchmark_modules_import_each_other_downwards_only():
+    import ast
+
+    # module -> the sibling modules it may import: settings, timing and syncs at the bottom,
+    # then models and report, then the command line (other scripts may sit on top of them).
+    allowed = {"settings": set(), "timing": set(), "syncs": set(),
+               "models": {"settings", "timing"}, "report": {"settings", "syncs"},
+               "benchmark": {"settings", "timing", "syncs", "models", "report"}}
+    folder = os.path.join(REPO_ROOT, "benchmarks")
+    for name, may in allowed.items():
+        with open(os.path.join(folder, f"{name}.py")) as f:
+            tree = ast.parse(f.read())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.level == 1:
+                    found.add(node.module.split(".")[0])
+                elif node.module.startswith("benchmarks."):
+                    found.add(node.module.split(".")[1])
+        assert found <= may, (name, found - may)

@@ -32,6 +32,10 @@ def test_known_numbers_of_each_kind_are_counted_exactly():
         ("data_dependent_size", "aten.index"): 1,
     }
     assert c.total == 4 == c.total_without_inputs
+    # Where: the lines of this file that asked for them.
+    assert sum(c.by_location.values()) == 4
+    assert all(loc.startswith("tests/test_sync_count.py:") for loc in c.by_location)
+    assert len(c.by_location) == 4  # four lines, one operation each
     with SyncCounter() as c:  # the backward of x[mask] indexes with the mask again
         y.sum().backward()
     assert _nonzero_counts(c) == {("data_dependent_size", "aten.index_put"): 1}
@@ -92,6 +96,7 @@ def test_cpu_run_simulates_where_tensors_live_on_cuda():
         ("host_to_device", "torch.tensor"): 1,
     }
     assert c.total == 6 and c.total_without_inputs == 5
+    assert sum(c.by_location.values()) == 5  # the input copy has no location: not ours
 
 
 def test_count_syncs_reports_kinds_and_inputs_of_detectron2_batched_inputs():
