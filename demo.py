@@ -5,7 +5,12 @@ Detectron2's Visualizer, as a PNG:
 
     python demo.py --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml \
         --input a.jpg more_images/ --output out/ \
-        --opts MODEL.WEIGHTS output/demo_pseudo_iou/model_final.pth
+        --opts MODEL.WEIGHTS output/demo_pseudo_iou/model_final.pth \
+        MODEL.DEVICE $(python -m anchor_free_app.device)
+
+MODEL.DEVICE is Detectron2's (default cuda, an error where there is no CUDA): the last line
+picks cuda when torch sees a GPU, else cpu. Inputs, weights and --output may be local paths or
+URIs of any storage Detectron2's PathManager has a handler for.
 """
 import argparse
 import logging
@@ -13,12 +18,16 @@ import os
 import time
 from typing import List, Sequence
 
+import cv2
+
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
+from anchor_free_app.checkpoint import write_file
 from anchor_free_app.config import setup_cfg
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -41,19 +50,20 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def collect_images(inputs: Sequence[str]) -> List[str]:
-    """Image files named in ``inputs``, folders expanded (sorted, non-recursive)."""
+    """Image files named in ``inputs``, folders expanded (sorted, non-recursive); local paths or
+    any URI Detectron2's ``PathManager`` has a handler for."""
     paths: List[str] = []
     for item in inputs:
-        if os.path.isdir(item):
+        if PathManager.isdir(item):
             found = sorted(
                 os.path.join(item, f)
-                for f in os.listdir(item)
+                for f in PathManager.ls(item)
                 if f.lower().endswith(IMAGE_EXTENSIONS)
             )
             if not found:
                 raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {item}")
             paths.extend(found)
-        elif os.path.isfile(item):
+        elif PathManager.isfile(item):
             paths.append(item)
         else:
             raise FileNotFoundError(f"Input not found: {item}")
@@ -72,7 +82,7 @@ def main(argv=None) -> List[str]:
     images = collect_images(args.input)
     predictor = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
-    os.makedirs(args.output, exist_ok=True)
+    PathManager.mkdirs(args.output)
     written = []
     for path in images:
         try:
@@ -85,7 +95,8 @@ def main(argv=None) -> List[str]:
         elapsed = time.perf_counter() - start
         drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
         out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
-        drawn.save(out_path)
+        png = cv2.imencode(".png", drawn.get_image()[:, :, ::-1])[1].tobytes()
+        write_file(out_path, lambda f: f.write(png))  # through PathManager where not local
         written.append(out_path)
         logger.info(f"{path}: {len(instances)} detections in {elapsed:.2f}s -> {out_path}")
     return written

@@ -82,6 +82,8 @@ if __name__ == "__main__":  # python tests/test_storage.py ROOT train_net.py-arg
     sys.exit(0)
 
 
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from common import PIOU_DEMO, TINY_DATA  # noqa: E402
@@ -236,3 +238,26 @@ def test_train_kill_resume_and_eval_only_on_the_prefix(tmp_path):
     assert (root / "eval" / "inference" / "coco_instances_results.json").is_file()
     assert (root / "eval" / "log.txt").is_file()
     assert os.listdir(cwd) == []  # nothing written to a local "testfs:" folder by a plain open
+
+
+def test_demo_reads_weights_and_images_and_writes_pngs_through_the_handler(storage):
+    sys.path.insert(0, REPO_ROOT)
+    import demo
+    from detectron2.modeling import build_model
+
+    model = build_model(setup_cfg(PIOU_DEMO, TINY_DATA))
+    SafeDetectionCheckpointer(model, f"{PREFIX}run").save("model_final")
+    os.makedirs(os.path.join(storage.root, "images"))
+    for name, value in (("a", 40), ("b", 200)):
+        image = np.full((64, 48, 3), value, np.uint8)
+        cv2.imwrite(os.path.join(storage.root, "images", f"{name}.png"), image)
+    written = demo.main(
+        ["--config-file", PIOU_DEMO, "--input", f"{PREFIX}images", "--output", f"{PREFIX}vis",
+         "--confidence-threshold", "0.0", "--opts", "MODEL.WEIGHTS",
+         f"{PREFIX}run/model_final.pth"] + TINY_DATA  # fmt: skip
+    )
+    assert written == [f"{PREFIX}vis/a.png", f"{PREFIX}vis/b.png"]
+    assert storage.opened[-2:] == written  # through the handler (a missing weights file fails)
+    for name, value in (("a", 40), ("b", 200)):
+        drawn = cv2.imread(os.path.join(storage.root, "vis", f"{name}.png"))
+        assert drawn.shape == (64, 48, 3) and np.median(drawn) == value  # that image, drawn on
