@@ -2,8 +2,15 @@
 learnable scale per level, and a one-channel quality branch (Pseudo-IoU's centerness, AutoAssign's
 implicit objectness).
 
-Detectron2's ``RetinaNetHead``/``FCOSHead`` are not used: on v0.6 they call ``get_norm(norm, 1)``,
-which fails for GroupNorm on current torch (docs: ``../shared/specs/detectron2.md`` §3 row 1).
+Detectron2's ``RetinaNetHead``/``FCOSHead`` are not used: on v0.6 ``RetinaNetHead.__init__``
+(``detectron2/modeling/meta_arch/retinanet.py``) probes the norm with ``get_norm(norm, 1)``, i.e.
+``nn.GroupNorm(32, 1)``, which current torch rejects (fixed on Detectron2 main, PR #4470).
+
+Mixed precision: under autocast the towers, the classifier and the quality branch run in the
+autocast dtype, but the box output is cast to float32 before its Scale and ReLU, as mmdet's
+``FCOSHead.forward_single`` (``scale(bbox_pred).float()``, "float to avoid overflow when
+enabling FP16"; the Pseudo-IoU release's head) and mmdet's ``AutoAssignHead.forward_single`` do
+(the AutoAssign release, cvpods, trains in float32 only).
 """
 import math
 from typing import List, Optional, Tuple
@@ -111,8 +118,9 @@ class AnchorFreeHead(nn.Module):
             features: per-level FPN features, each (N, C, Hi, Wi).
         Returns:
             cls_logits: per level (N, K, Hi, Wi).
-            box_ltrb: per level (N, 4, Hi, Wi), non-negative distances in the unit of the
-                training targets (callers multiply by the stride where they work in pixels).
+            box_ltrb: per level (N, 4, Hi, Wi) float32 (also under autocast), non-negative
+                distances in the unit of the training targets (callers multiply by the stride
+                where they work in pixels).
             quality_logits: per level (N, 1, Hi, Wi), or None without the quality branch.
         """
         if len(features) != len(self.scales):
@@ -122,8 +130,9 @@ class AnchorFreeHead(nn.Module):
             cls_feature = self.cls_tower(feature)
             box_feature = self.box_tower(feature)
             cls_logits.append(self.cls_score(cls_feature))
-            # Not in place: an in-place op after ReLU breaks autograd (mmdet PR #7074).
-            box_ltrb.append(F.relu(scale(self.bbox_pred(box_feature))))
+            # float32 before Scale (mixed precision, see the module docstring); not in place: an
+            # in-place op after ReLU breaks autograd (mmdet PR #7074).
+            box_ltrb.append(F.relu(scale(self.bbox_pred(box_feature).float())))
             if self.quality is not None:
                 branch_input = box_feature if self.quality_on_box_tower else cls_feature
                 quality_logits.append(self.quality(branch_input))

@@ -1,10 +1,19 @@
 """``AnchorFreeDetector``: what Pseudo-IoU and AutoAssign share on top of Detectron2's
 ``DenseDetector``: one point per feature-map cell, the :class:`AnchorFreeHead` outputs, and
-FCOS-style inference (threshold, top-k per level, decode, class-aware NMS, detection cap)
-through Detectron2's decode helpers. Subclasses implement ``forward_training`` and
-``inference_scores``; label assignment never runs at test time.
+FCOS-style inference (threshold, top-k per level, decode, optional clip, class-aware NMS,
+detection cap) through Detectron2's per-level decode helper. Subclasses implement
+``forward_training`` and ``inference_scores``; label assignment never runs at test time.
+
+Mixed precision (``SOLVER.AMP.ENABLED``, i.e. the forward pass under ``torch.autocast``): the
+backbone and the head's convs run in float16 / bfloat16; every loss and the post-processing run
+in float32 with autocast disabled (:func:`autocast_disabled` on ``forward_training`` and
+``forward_inference``, the head outputs cast by :meth:`AnchorFreeDetector.transpose_head_outputs`),
+as the releases do: mmdet's ``@force_fp32`` on the heads' ``loss`` and ``get_bboxes`` (the
+Pseudo-IoU release, mmdet 2.x ``FCOSHead``; mmdet's AutoAssign port). The AutoAssign release
+(cvpods) trains in float32 only.
 """
-from typing import Dict, List, Optional, Tuple
+import functools
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -19,10 +28,31 @@ from detectron2.structures import Boxes, ImageList, Instances
 
 __all__ = [
     "AnchorFreeDetector",
+    "autocast_disabled",
     "build_point_generator",
     "build_backbone_for_head",
     "check_ground_truth",
 ]
+
+
+_Method = TypeVar("_Method", bound=Callable)
+
+
+def autocast_disabled(method: _Method) -> _Method:
+    """
+    Decorator of a detector method that computes losses or post-processes head outputs: runs it
+    with autocast disabled on the model's device (``self.device``), so that the float32 tensors
+    it receives (or casts to, see :meth:`AnchorFreeDetector.transpose_head_outputs`) stay
+    float32 through every op. mmcv's ``force_fp32`` (used on the releases' ``loss`` and
+    ``get_bboxes``) does the same with ``autocast(enabled=False)``. A no-op without autocast.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def build_point_generator(strides: List[int], offset: float) -> DefaultAnchorGenerator:
@@ -100,6 +130,12 @@ class AnchorFreeDetector(DenseDetector):
     stride, decoded by ``Box2BoxTransformLinear(normalize_by_size=True)`` around the points
     (stride-sized anchors), so ``box2box_transform.apply_deltas(ltrb, anchors)`` gives pixels.
 
+    Inference attributes, read at every call (set them on a built model to change inference):
+    ``test_score_thresh``, ``test_topk_candidates``, ``test_nms_thresh``,
+    ``max_detections_per_image`` (the names of Detectron2's ``RetinaNet`` and ``FCOS``) and
+    ``clip_boxes_before_nms``. What ``test_score_thresh`` thresholds is the subclass's choice
+    (:meth:`inference_scores`, :attr:`decode_score_thresh`).
+
     Subclasses set in ``__init__`` (after ``super().__init__``): nothing beyond the arguments.
     """
 
@@ -119,20 +155,38 @@ class AnchorFreeDetector(DenseDetector):
         pixel_std: Tuple[float, ...],
         input_format: str = "BGR",
         vis_period: int = 0,
+        clip_boxes_before_nms: bool = False,
     ):
+        """
+        Args:
+            backbone, head_in_features, pixel_mean, pixel_std: as Detectron2's ``DenseDetector``.
+            head: returns (cls logits, ltrb, quality logits or None), per level (N, C, Hi, Wi).
+            point_generator: see :func:`build_point_generator`.
+            num_classes: K.
+            test_score_thresh: score threshold at inference (see :meth:`inference_scores`).
+            test_topk_candidates: (point, class) candidates kept per level before NMS.
+            test_nms_thresh: IoU threshold of the class-aware NMS.
+            max_detections_per_image: detections kept after NMS.
+            input_format, vis_period: as Detectron2's ``RetinaNet``.
+            clip_boxes_before_nms: clip the decoded boxes to the input image before NMS (mmdet's
+                ``distance2bbox(..., max_shape)``, the Pseudo-IoU release); else boxes are only
+                clipped after NMS by Detectron2's ``detector_postprocess`` (Detectron2's
+                ``RetinaNet`` and ``FCOS``, the AutoAssign release).
+        """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
         )
         self.point_generator = point_generator
         self.num_classes = num_classes
         self.box2box_transform = Box2BoxTransformLinear(normalize_by_size=True)
-        # Names read by DenseDetector's decode helpers on Detectron2 v0.6 (spec §3 row 2).
+        # The names of Detectron2's RetinaNet / FCOS attributes.
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
         self.vis_period = vis_period
+        self.clip_boxes_before_nms = clip_boxes_before_nms
 
     @staticmethod
     def base_kwargs_from_config(cfg: CfgNode, head_cfg: CfgNode) -> Dict:
@@ -154,11 +208,26 @@ class AnchorFreeDetector(DenseDetector):
     def strides(self) -> List[int]:
         return [int(s) for s in self.point_generator.strides]
 
+    @property
+    def decode_score_thresh(self) -> float:
+        """The threshold the decode step applies to :meth:`inference_scores` (scores above it
+        are kept): ``test_score_thresh`` unless a subclass thresholds inside
+        ``inference_scores`` instead."""
+        return self.test_score_thresh
+
     def transpose_head_outputs(
         self, predictions: Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]]]
     ) -> Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]]]:
-        """(N, C, Hi, Wi) per level -> (N, Hi*Wi, C) per level, for (cls, ltrb, quality)."""
+        """
+        (N, C, Hi, Wi) per level -> (N, Hi*Wi, C) per level, for (cls, ltrb, quality), in
+        float32: head outputs computed under autocast (float16 / bfloat16) are cast here, so the
+        losses and the post-processing never see them in low precision (no copy for float32).
+        """
         cls_logits, box_ltrb, quality_logits = predictions
+        cls_logits = [x.float() for x in cls_logits]
+        box_ltrb = [x.float() for x in box_ltrb]
+        if quality_logits is not None:
+            quality_logits = [x.float() for x in quality_logits]
         if quality_logits is None:
             cls_logits, box_ltrb = self._transpose_dense_predictions(
                 [cls_logits, box_ltrb], [self.num_classes, 4]
@@ -174,16 +243,26 @@ class AnchorFreeDetector(DenseDetector):
         Args:
             cls_logits: (R, K) of one level and image; quality_logits: (R, 1) or None.
         Returns:
-            (R, K) scores; entries <= ``test_score_thresh`` are dropped before top-k.
+            (R, K) scores, float32; entries <= :attr:`decode_score_thresh` are dropped before
+            the top-k.
         """
         raise NotImplementedError
 
+    @autocast_disabled
     def forward_inference(
         self,
         images: ImageList,
         features: List[Tensor],
         predictions: Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]]],
     ) -> List[Instances]:
+        """
+        Args:
+            images: the batch (its ``image_sizes`` bound the clipping); features: per level
+                (N, C, Hi, Wi), for the point grids; predictions: the head outputs.
+        Returns:
+            per image, Instances in input-image pixels (see :meth:`inference_single_image`),
+            computed in float32 also under autocast.
+        """
         cls_logits, box_ltrb, quality_logits = self.transpose_head_outputs(predictions)
         points = self.point_generator(features)
         results: List[Instances] = []
@@ -212,15 +291,29 @@ class AnchorFreeDetector(DenseDetector):
         Returns:
             Instances with pred_boxes, scores, pred_classes; at most
             ``max_detections_per_image``, sorted by decreasing score.
+
+        Per level: the (point, class) pairs whose score is > :attr:`decode_score_thresh`, the
+        ``test_topk_candidates`` best of them, decoded (Detectron2's
+        ``DenseDetector._decode_per_level_predictions``, called per level with these values
+        because v0.6's ``_decode_multi_level_predictions`` ignores its threshold argument);
+        then, over the levels, clipping to ``image_size`` if ``clip_boxes_before_nms``,
+        class-aware NMS at ``test_nms_thresh`` and the ``max_detections_per_image`` best.
         """
-        pred = self._decode_multi_level_predictions(
-            points,
-            scores,
-            box_ltrb,
-            self.test_score_thresh,
-            self.test_topk_candidates,
-            image_size,
+        pred = Instances.cat(
+            [
+                self._decode_per_level_predictions(
+                    points_l,
+                    scores_l,
+                    ltrb_l,
+                    self.decode_score_thresh,
+                    self.test_topk_candidates,
+                    image_size,
+                )
+                for points_l, scores_l, ltrb_l in zip(points, scores, box_ltrb)
+            ]
         )
+        if self.clip_boxes_before_nms:
+            pred.pred_boxes.clip(image_size)
         keep = batched_nms(
             pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
         )

@@ -1,8 +1,11 @@
 """AutoAssign: Differentiable Label Assignment for Dense Object Detection (Zhu et al., 2020),
 as released by its authors (cvpods, 40.5 AP R-50 1x), on Detectron2's ``DenseDetector``.
 
-Spec: ``algorithms.md`` Part B. The loss is computed on the in-box (object, location) pairs only
-(spec B14, :mod:`autoassign.loss`); memory and time grow with their number, not with G x L.
+Release: ``Megvii-BaseDetection/AutoAssign``, ``auto_assign.res50.fpn.coco.800size.1x/
+auto_assign.py`` (``AutoAssign.losses``; the same file as cvpods'
+``cvpods/modeling/meta_arch/auto_assign.py``). The loss is computed on the in-box (object,
+location) pairs only (:mod:`autoassign.loss`); memory and time grow with their number, not with
+G x L.
 """
 from typing import Dict, List, Optional, Tuple
 
@@ -14,6 +17,7 @@ from anchor_free.head import AnchorFreeHead
 from anchor_free.inbox import InboxPairs, inbox_pairs, location_strides
 from anchor_free.meta_arch import (
     AnchorFreeDetector,
+    autocast_disabled,
     build_backbone_for_head,
     build_point_generator,
     check_ground_truth,
@@ -45,14 +49,15 @@ class AutoAssign(AnchorFreeDetector):
     the box tower) + a learnable center prior. Points sit at (j * s, i * s) (no half-stride
     offset); predicted boxes are ``ReLU(Scale_l(conv)) * stride`` ltrb around them.
 
-    Training losses (spec B5-B8), G objects summed over the batch and all-reduced over workers:
+    Training losses (the release's ``AutoAssign.losses``; paper Eq. 6 and Sec. 3.4 give no
+    normalisers), G objects summed over the batch and all-reduced over workers:
 
     * ``loss_pos = alpha * sum_objects -log(sum_i w+_i P+_i) / max(1, mean #objects per worker)``
     * ``loss_neg = (1 - alpha) * sum_{loc, class} FL(P(cls) * w-) / max(1, mean in-box prior mass)``
     * ``loss_norm = NORM_LOSS_WEIGHT * mean_images(#objects / sum of the in-box prior)``
     * ``loss_obj`` (only with explicit objectness): BCE of the objectness, 1 inside any box.
 
-    Edge cases (the release divides by a 1e-12 clamp there, spec B12/B13):
+    Edge cases (the release divides by a 1e-12 clamp there):
 
     * an object without any location strictly inside its box (narrower than the P3 grid step)
       has no candidates: it adds 0 to ``loss_pos`` (the release adds a constant 100 without
@@ -64,7 +69,11 @@ class AutoAssign(AnchorFreeDetector):
       and every parameter gets a (possibly zero) gradient on every worker.
 
     At test time only ``inference_scores`` (cls x obj, no square root) and the base class's
-    threshold / top-k / decode / class-aware NMS run; no weighting or assignment code does.
+    threshold (on cls x obj, ``test_score_thresh``) / top-k / decode / class-aware NMS run, with
+    no clipping before NMS (as released); no weighting or assignment code does.
+
+    Mixed precision: ``forward_training`` runs with autocast disabled on float32 head outputs
+    (mmdet's AutoAssign port: ``@force_fp32`` on ``loss``; the release trains in float32 only).
     """
 
     @configurable
@@ -171,7 +180,7 @@ class AutoAssign(AnchorFreeDetector):
             "backbone": backbone,
             "head": head,
             "head_in_features": list(aa.IN_FEATURES),
-            # Points at (j * s, i * s): the release's ShiftGenerator OFFSET = 0.0 (spec B2).
+            # Points at (j * s, i * s): the release's ShiftGenerator OFFSET = 0.0.
             "point_generator": build_point_generator([s.stride for s in feature_shapes], 0.0),
             "center_prior": center_prior,
             "confidence": aa.CONFIDENCE,
@@ -233,7 +242,8 @@ class AutoAssign(AnchorFreeDetector):
         grid_sizes: List[Tuple[int, int]],
     ) -> Tuple[InboxPairs, PositiveTerms]:
         """
-        In-box pairs, center prior, confidences and positive weights of one image (spec B3-B5).
+        In-box pairs, center prior, confidences and positive weights of one image (paper
+        Sec. 3.2-3.3).
 
         Args:
             confidence_prob: (L, K) P(cls); pred_ltrb: (L, 4) pixels.
@@ -256,6 +266,7 @@ class AutoAssign(AnchorFreeDetector):
         )
         return pairs, terms
 
+    @autocast_disabled
     def forward_training(
         self,
         images: ImageList,
@@ -329,8 +340,8 @@ class AutoAssign(AnchorFreeDetector):
         Args:
             cls_logits: (R, K); quality_logits: (R, 1) objectness logits or None.
         Returns:
-            (R, K) sigmoid(cls) x sigmoid(obj) (no square root, spec B9); sigmoid(cls) without
-            an objectness branch.
+            (R, K) sigmoid(cls) x sigmoid(obj) (no square root, the release's
+            ``AutoAssign.inference_single_image``); sigmoid(cls) without an objectness branch.
         """
         scores = cls_logits.sigmoid()
         if quality_logits is not None:

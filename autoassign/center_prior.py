@@ -1,4 +1,4 @@
-"""The center weighting of AutoAssign (paper Sec. 3.2, spec B4): a category-wise Gaussian of the
+"""The center weighting of AutoAssign (paper Sec. 3.2, Eq. 1): a category-wise Gaussian of the
 offset between a location and its object's box centre, in strides of the location's level."""
 import torch
 from torch import Tensor, nn

@@ -1,8 +1,9 @@
-"""AutoAssign's weighting and losses in the sparse form of spec B14.
+"""AutoAssign's weighting and losses on the in-box (object, location) pairs only.
 
-The released code (spec B3-B8) builds [G, L] and [G, L, 4] tensors for every image (G objects,
-L locations over all FPN levels). Only the M (object, location) pairs with the location strictly
-inside the object's box ever contribute, so everything here works on those pairs:
+The released code (``AutoAssign.losses`` in ``Megvii-BaseDetection/AutoAssign``) builds [G, L]
+and [G, L, 4] tensors for every image (G objects, L locations over all FPN levels). Only the M
+(object, location) pairs with the location strictly inside the object's box ever contribute (the
+others have w+ = 0 and no gradient through it), so everything here works on those pairs:
 
 * :func:`anchor_free.inbox.inbox_pairs` enumerates them from the regular point grids (box ->
   range of grid cells), in O(M + G x levels) time and memory, in the same GT-major order as
@@ -40,7 +41,7 @@ EPS = 1e-12
 
 
 class PositiveTerms(NamedTuple):
-    """Per-pair and per-object quantities of the positive loss (spec B4-B5)."""
+    """Per-pair and per-object quantities of the positive loss (paper Eq. 1-4)."""
 
     prior: Tensor  # (M,) center weighting G(d)
     p_pos: Tensor  # (M,) P+ = P(cls) * P(loc)
@@ -52,7 +53,7 @@ class PositiveTerms(NamedTuple):
 
 
 def center_offsets(pairs: InboxPairs) -> Tensor:
-    """(M, 2): ((l - r) / 2, (t - b) / 2) / stride = (x - cx, y - cy) in strides (spec B4)."""
+    """(M, 2): ((l - r) / 2, (t - b) / 2) / stride = (x - cx, y - cy) in strides (paper Eq. 1)."""
     ltrb = pairs.ltrb
     offsets = torch.stack([ltrb[:, 0] - ltrb[:, 2], ltrb[:, 1] - ltrb[:, 3]], dim=1) / 2
     return offsets / pairs.stride[:, None]
@@ -65,7 +66,7 @@ def _ltrb_to_boxes(ltrb: Tensor) -> Tensor:
 
 def localization_likelihood(pred_ltrb: Tensor, target_ltrb: Tensor, loc_lambda: float) -> Tensor:
     """
-    P(loc) = exp(-lambda * GIoU loss) of each pair (paper Eq. 2, spec B5); not detached.
+    P(loc) = exp(-lambda * GIoU loss) of each pair (paper Eq. 2); not detached.
 
     Args:
         pred_ltrb: (M, 4) predicted distances (>= 0) at the pair's location, pixels.
@@ -89,7 +90,7 @@ def positive_terms(
     use_pos_weights: bool,
 ) -> PositiveTerms:
     """
-    Positive weights and the positive bag loss of one image (paper Eq. 3, 4, 6; spec B5):
+    Positive weights and the positive bag loss of one image (paper Eq. 3, 4, 6):
     ``w+ = C(P) G / sum_{object's pairs} C(P) G`` with ``C(P) = exp(P / tau)`` and
     ``loss_g = -log(sum w+ P+)``, ``P+ = P(cls) * P(loc)``. Nothing is detached.
 
@@ -161,7 +162,7 @@ def negative_box_prob(
     num_classes: int,
 ) -> Tuple[Tensor, Tensor]:
     """
-    ``1 - w-`` of one image (paper Eq. 5, spec B6), dense over (location, class).
+    ``1 - w-`` of one image (paper Eq. 5), dense over (location, class).
 
     For each pair: ``f = 1 / (1 - IoU_max)``, IoU_max over ALL objects of the location's
     predicted box; ``f`` is min-max normalised over the object's pairs (the best location of
@@ -221,7 +222,7 @@ def _bce(prob: Tensor, target: float) -> Tensor:
 
 def negative_bag_loss(prob: Tensor, gamma: float) -> Tensor:
     """Elementwise focal negative loss ``p^gamma * BCE(p, 0)`` on the weighted probability
-    ``p = P(cls) * w-`` (spec B6; no alpha inside)."""
+    ``p = P(cls) * w-`` (paper Eq. 6; no alpha inside, as released)."""
     return prob.float() ** gamma * _bce(prob, 0.0)
 
 

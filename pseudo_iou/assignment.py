@@ -1,5 +1,5 @@
-"""Pseudo-IoU label assignment (spec A4): the metric, the alternative rules of the paper's
-Table 2, and the per-image point assigner.
+"""Pseudo-IoU label assignment (paper Sec. 3.1, the release's ``PIOUHead.loss``): the metric,
+the alternative rules of the paper's Table 2, and the per-image point assigner.
 
 Naming: R = points (all FPN levels concatenated), G = ground-truth boxes of one image, M = in-box
 (point, box) pairs. Distances ``ltrb`` are (left, top, right, bottom) from a point to the sides of
@@ -128,7 +128,7 @@ def _check_unit_interval(value: float, name: str) -> None:
 @dataclass(frozen=True)
 class PointAssigner:
     """
-    FCOS rules, then a rule filter against the matched box (spec A4). For each point:
+    FCOS rules, then a rule filter against the matched box (``PIOUHead.loss``). For each point:
 
     1. candidate boxes: the point is inside (``l,t,r,b > 0``, or ``>= 0`` if not
        ``inside_strict``) and, with ``size_ranges``, ``lo <= max(l,t,r,b) <= hi`` of its level

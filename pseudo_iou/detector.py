@@ -1,9 +1,10 @@
 """The Pseudo-IoU detector (Li et al., CVPRW 2021) as a Detectron2 meta-architecture.
 
 FCOS-style anchor-free detector whose positives are the FCOS positives (in box, level size range,
-min-area box) whose Pseudo-IoU with their box passes a threshold (spec Part A). Defaults are the
-authors' released model; every row of the paper's tables is a config switch
-(``projects/PseudoIoU/README.md``).
+min-area box) whose Pseudo-IoU with their box passes a threshold (paper Sec. 3.1-3.2). Defaults are
+the authors' released model (``SHI-Labs/Pseudo-IoU-for-Anchor-Free-Object-Detection``,
+``mmdet/models/dense_heads/piou_head.py``, ``PIOUHead``: a copy of mmdet 2.11's ``FCOSHead``);
+every row of the paper's tables is a config switch (``projects/PseudoIoU/README.md``).
 """
 import logging
 from typing import Dict, List, NamedTuple, Optional, Tuple
@@ -18,6 +19,7 @@ from anchor_free.head import AnchorFreeHead
 from anchor_free.inbox import grid_points
 from anchor_free.meta_arch import (
     AnchorFreeDetector,
+    autocast_disabled,
     build_backbone_for_head,
     build_point_generator,
     check_ground_truth,
@@ -61,6 +63,14 @@ class PseudoIoU(AnchorFreeDetector):
     in stride units, optional centerness on the box tower), points at cell centres,
     :class:`PointAssigner` labels, focal + (G)IoU + centerness losses with cross-worker
     normalisers, and FCOS-cost inference (no assignment at test time).
+
+    Inference as released (``PIOUHead._get_bboxes`` and mmdet's ``multiclass_nms``): the class
+    probability is thresholded at ``test_score_thresh``, the score is cls x centerness (no
+    square root), the boxes are clipped to the image before NMS. Set ``model.test_score_thresh``
+    on a built model to change the class-probability threshold, as on Detectron2's RetinaNet.
+
+    Mixed precision: the losses (``forward_training``) and the post-processing run in float32
+    with autocast disabled (``PIOUHead.loss`` / ``get_bboxes`` are ``@force_fp32``).
     """
 
     @configurable
@@ -99,25 +109,25 @@ class PseudoIoU(AnchorFreeDetector):
             reg_loss_weight: weight of the box loss.
             centerness_weighted_reg_loss: weight each positive's box loss by its centerness target
                 and divide by their all-reduced sum (release); else divide the sum by num_pos.
-            test_score_thresh: threshold on the *class* probability; candidates at or below it
-                are dropped even when centerness would be high (spec A6).
-            test_topk_candidates, test_nms_thresh, max_detections_per_image: inference.
+            test_score_thresh: threshold on the *class* probability (mmdet's ``score_thr``):
+                (point, class) pairs whose class probability is <= it are dropped, whatever
+                their centerness; the others keep the score cls x centerness, however small.
+            test_topk_candidates: (point, class) pairs kept per level, by decreasing score,
+                before NMS (the release keeps ``nms_pre`` = 1000 points by their best score).
+            test_nms_thresh, max_detections_per_image: class-aware NMS IoU, detections kept.
             pixel_mean, pixel_std, input_format, vis_period: as Detectron2's RetinaNet.
         """
         if reg_loss_type not in REG_LOSSES:
             raise ValueError(
                 f"MODEL.PSEUDO_IOU.REG_LOSS must be one of {REG_LOSSES}, got {reg_loss_type!r}"
             )
-        # The base's decode step keeps scores > its threshold; inference_scores already zeroes
-        # every candidate whose class probability is <= test_score_thresh and clamps the others
-        # to > 0, so the decode threshold is 0 and the kept set is exactly {cls > thresh}.
         super().__init__(
             backbone=backbone,
             head=head,
             head_in_features=head_in_features,
             point_generator=point_generator,
             num_classes=num_classes,
-            test_score_thresh=0.0,
+            test_score_thresh=test_score_thresh,
             test_topk_candidates=test_topk_candidates,
             test_nms_thresh=test_nms_thresh,
             max_detections_per_image=max_detections_per_image,
@@ -125,8 +135,9 @@ class PseudoIoU(AnchorFreeDetector):
             pixel_std=pixel_std,
             input_format=input_format,
             vis_period=vis_period,
+            # The release decodes with distance2bbox(..., max_shape=img_shape): clipped boxes.
+            clip_boxes_before_nms=True,
         )
-        self.class_score_thresh = test_score_thresh
         self.assigner = assigner
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
@@ -169,6 +180,7 @@ class PseudoIoU(AnchorFreeDetector):
         }
 
     # ------------------------------------------------------------------------------- training
+    @autocast_disabled
     def forward_training(
         self,
         images: ImageList,
@@ -262,7 +274,11 @@ class PseudoIoU(AnchorFreeDetector):
         targets: PointTargets,
     ) -> Dict[str, Tensor]:
         """
-        Spec A5. Args: points per level (R_l boxes); cls_logits (N, R_l, K), box_ltrb (N, R_l, 4)
+        The release's ``PIOUHead.loss`` (focal / num_pos, centerness-weighted GIoU / sum of the
+        centerness targets, centerness BCE / num_pos; the paper's loss, Sec. 3.2, is
+        ``REG_LOSS "iou"`` without centerness). Float32 inputs (see ``transpose_head_outputs``).
+
+        Args: points per level (R_l boxes); cls_logits (N, R_l, K), box_ltrb (N, R_l, 4)
         stride units, ctr_logits (N, R_l, 1) or None, per level; targets for the batch.
 
         Returns:
@@ -287,7 +303,7 @@ class PseudoIoU(AnchorFreeDetector):
         )
 
         # Regression targets in stride units: Box2BoxTransformLinear(normalize_by_size=True)
-        # on stride-sized point boxes gives (l, t, r, b) / stride (spec A2 norm_on_bbox).
+        # on stride-sized point boxes gives (l, t, r, b) / stride (the release's norm_on_bbox).
         anchors = Boxes.cat(points).tensor  # (R, 4)
         anchors = anchors[None].expand(pos_mask.shape[0], -1, -1)[pos_mask]  # (P, 4)
         target_ltrb = self.box2box_transform.get_deltas(anchors, targets.gt_boxes[pos_mask])
@@ -366,18 +382,25 @@ class PseudoIoU(AnchorFreeDetector):
         storage.put_scalar("pseudo_iou/num_objects_without_pos", objects_without_pos)
 
     # ------------------------------------------------------------------------------ inference
+    @property
+    def decode_score_thresh(self) -> float:
+        """0: :meth:`inference_scores` already applies ``test_score_thresh`` to the class
+        probability and leaves every kept pair a score > 0."""
+        return 0.0
+
     def inference_scores(self, cls_logits: Tensor, quality_logits: Optional[Tensor]) -> Tensor:
         """
-        Spec A6: threshold the class probability, then score = cls x centerness (no sqrt).
+        Threshold the class probability, then score = cls x centerness (no square root), as
+        mmdet's ``multiclass_nms(..., score_thr, score_factors=centerness)`` in the release.
 
         Args:
             cls_logits: (R, K); quality_logits: (R, 1) centerness logits, or None.
         Returns:
             (R, K): the score where ``sigmoid(cls) > test_score_thresh`` (clamped to be > 0, so
-            that the base's ``> 0`` decode filter keeps exactly these), else 0.
+            that the decode filter ``> decode_score_thresh = 0`` keeps exactly these), else 0.
         """
         cls_prob = cls_logits.sigmoid()
-        keep = cls_prob > self.class_score_thresh
+        keep = cls_prob > self.test_score_thresh
         scores = cls_prob if quality_logits is None else cls_prob * quality_logits.sigmoid()
         scores = scores.clamp(min=torch.finfo(scores.dtype).tiny)
         return torch.where(keep, scores, torch.zeros_like(scores))

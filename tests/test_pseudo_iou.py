@@ -634,5 +634,5 @@ def test_defaults_are_the_released_model():
     assert all(not isinstance(m, torch.nn.Conv2d) or m.bias is None for m in model.head.cls_tower)
     assert model.head.cls_score.bias[0].item() == pytest.approx(-math.log(99), rel=1e-6)
     assert [float(o) for o in [model.point_generator.offset]] == [0.5]
-    assert model.class_score_thresh == 0.05 and model.test_nms_thresh == 0.5
+    assert model.test_score_thresh == 0.05 and model.test_nms_thresh == 0.5
     assert model.test_topk_candidates == 1000 and model.max_detections_per_image == 100
