@@ -129,6 +129,14 @@ def test_rotated_boxes_and_crowd_annotations(image_file):
     check_records([_record(image_file, [10, 10, 4, 2, 30.0], BoxMode.XYWHA_ABS)])
     with pytest.raises(ValueError, match="negative width"):
         check_records([_record(image_file, [10, 10, -4, 2, 30.0], BoxMode.XYWHA_ABS)])
+    # tensors of both lengths together (they do not stack: one at a time)
+    records = [
+        _record(image_file, torch.tensor([1.0, 2.0, 3.0, 4.0])),
+        _record(image_file, torch.tensor([10.0, 10.0, 4.0, 2.0, 30.0]), BoxMode.XYWHA_ABS),
+    ]
+    assert check_records(records) == 2
+    with pytest.raises(ValueError, match=r"tensor\(\[1., 2., 3.\]\) is not a sequence of 4"):
+        check_records(records + [_record(image_file, torch.tensor([1.0, 2.0, 3.0]))])
     # crowd annotations are dropped by the mapper: not checked
     record = _record(image_file, [1, 2, 3, 4])
     record["annotations"].append({"bbox": [float("nan")] * 4, "iscrowd": 1, "category_id": 0})
@@ -238,6 +246,14 @@ def test_image_files_sampled_evenly_or_all_in_dataset_order(image_file, tmp_path
     for threads in (1, 4):  # threads still report the first bad record in dataset order
         with pytest.raises(ValueError, match="image id 13 .*missing13.png.*not found"):
             check_dataset_dicts(records, num_image_files=-1, num_threads=threads)
+    # past the first block of 1024 files the threads take at a time
+    records = [_record(image_file, [1, 2, 3, 4], image_id=i) for i in range(1100)]
+    for i in (1090, 1050):
+        records[i]["file_name"] = str(tmp_path / f"missing{i}.png")
+    with pytest.raises(ValueError, match="image id 1050 .*missing1050.png.*not found"):
+        checks.check_image_files(records, num_threads=4)
+    assert checks.check_image_files(records[:1000], num_threads=4) == 1000
+    assert checks.check_image_files(records, num_image_files=5) == 5
 
 
 # ---------------------------------------------------------------- once, on the main process

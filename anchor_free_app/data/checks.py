@@ -15,14 +15,15 @@ Two passes, both run once, on the main process (:func:`check_training_data`):
   after EXIF orientation (what ``detectron2.data.detection_utils.read_image`` returns) is the
   annotated one, and its mode converts to ``INPUT.FORMAT``.
 """
+import functools
 import logging
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 from detectron2.structures import BoxMode
@@ -31,7 +32,7 @@ from detectron2.utils.file_io import PathManager
 
 __all__ = [
     "check_dataset_dicts",
-    "check_image_file",
+    "check_image_files",
     "check_records",
     "check_training_data",
     "image_size_after_exif",
@@ -121,12 +122,11 @@ def check_dataset_dicts(
     start = time.perf_counter()
     num_boxes = check_records(dataset_dicts)
     records_s = time.perf_counter() - start
-    indices = _spread(len(dataset_dicts), num_image_files)
     start = time.perf_counter()
-    _check_image_files([dataset_dicts[i] for i in indices], image_format, num_threads)
+    num_files = check_image_files(dataset_dicts, num_image_files, image_format, num_threads)
     logger.info(
         f"Checked {len(dataset_dicts)} training records ({num_boxes} boxes) in {records_s:.2f} s "
-        f"and {len(indices)} image files (DATALOADER.CHECK_IMAGE_FILES {num_image_files}) in "
+        f"and {num_files} image files (DATALOADER.CHECK_IMAGE_FILES {num_image_files}) in "
         f"{time.perf_counter() - start:.2f} s"
     )
 
@@ -178,16 +178,11 @@ def _box_matrix(boxes: List) -> Tuple[np.ndarray, np.ndarray]:
         lengths: (N,) int64, each box's number of values (-1: not a flat sequence of numbers).
     """
     values = np.full((len(boxes), 5), np.nan)
-    try:  # one conversion when every box is a flat sequence of numbers of the same length
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            array = np.asarray(boxes, dtype=np.float64)
-    except (TypeError, ValueError):
-        array = None
+    array = _stacked(boxes)
     if array is not None and array.ndim == 2:
         values[:, : min(5, array.shape[1])] = array[:, :5]
         return values, np.full(len(boxes), array.shape[1], dtype=np.int64)
-    # mixed containers (e.g. torch tensors, which numpy<1.24 does not stack) or bad boxes
+    # boxes of different lengths or bad boxes: one at a time
     rows = [_box_values(box) for box in boxes]
     lengths = np.array([-1 if row is None else len(row) for row in rows], dtype=np.int64)
     for k in np.unique(lengths[lengths > 0]):
@@ -196,12 +191,32 @@ def _box_matrix(boxes: List) -> Tuple[np.ndarray, np.ndarray]:
     return values, lengths
 
 
+def _stacked(boxes: List) -> Optional[np.ndarray]:
+    """All boxes as one (N, k) float64 array when they stack in one call, else None."""
+    is_tensor = [isinstance(box, torch.Tensor) for box in boxes]
+    if all(is_tensor):  # e.g. a converter that kept torch tensors: one torch.stack
+        try:
+            return torch.stack(boxes).detach().to("cpu", torch.float64).numpy()
+        except (RuntimeError, TypeError, ValueError):
+            return None
+    if any(is_tensor):  # numpy<1.24 does not stack tensors beside other boxes
+        boxes = [box.tolist() if tensor else box for box, tensor in zip(boxes, is_tensor)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
 def _box_values(box) -> Optional[np.ndarray]:
     """A box's values as a 1-d float64 array, None if it is not a flat sequence of numbers."""
     if box is None or isinstance(box, (str, bytes, dict)):
         return None
+    if isinstance(box, torch.Tensor):
+        box = box.detach().cpu()
     try:
-        array = np.asarray(box.detach().cpu() if hasattr(box, "detach") else box, np.float64)
+        array = np.asarray(box, np.float64)
     except (TypeError, ValueError):
         return None
     return array if array.ndim == 1 else None
@@ -262,30 +277,36 @@ def _box_problem(values: np.ndarray, length: int, mode: int, ann: Dict) -> str:
 
 
 # ---------------------------------------------------------------- image files
-def _check_image_files(records: List[Dict], image_format: Optional[str], num_threads: int) -> None:
-    """Raise the error of the first bad record (in dataset order); files opened by threads."""
+def check_image_files(
+    dataset_dicts: Sequence[Dict],
+    num_image_files: int = -1,
+    image_format: Optional[str] = None,
+    num_threads: int = 8,
+) -> int:
+    """
+    The image-file pass over ``num_image_files`` records spread evenly over the dataset (-1:
+    all): raise ValueError for the first bad one in dataset order (missing, unreadable, of
+    another size than annotated, of a mode that does not convert to ``image_format``). Files
+    are opened by ``num_threads`` threads, which overlap the latency of remote storage.
+    Returns the number of files checked.
+    """
+    records = [dataset_dicts[i] for i in _spread(len(dataset_dicts), num_image_files)]
     if not records:
-        return
+        return 0
+    check = functools.partial(_image_file_error, image_format=image_format)
     if num_threads <= 1 or len(records) < 2 * num_threads:
-        errors = map(lambda r: _image_file_error(r, image_format), records)
-        first = next((e for e in errors if e is not None), None)
+        first = next((e for e in map(check, records) if e is not None), None)
     else:
         with ThreadPoolExecutor(max_workers=num_threads) as pool:
-            chunk = max(1, min(256, len(records) // (4 * num_threads)))
-            errors = pool.map(
-                lambda r: _image_file_error(r, image_format), records, chunksize=chunk
-            )
-            first = next((e for e in errors if e is not None), None)
+            first = None
+            for start in range(0, len(records), 1024):  # a bounded number of futures at a time
+                block = pool.map(check, records[start : start + 1024])
+                first = next((e for e in block if e is not None), None)
+                if first is not None:
+                    break
     if first is not None:
         raise ValueError(first)
-
-
-def check_image_file(record: Dict, image_format: Optional[str] = None) -> None:
-    """Raise ValueError if the record's image file is missing, unreadable, of another size than
-    annotated, or of a mode that does not convert to ``image_format``."""
-    error = _image_file_error(record, image_format)
-    if error is not None:
-        raise ValueError(error)
+    return len(records)
 
 
 def _image_file_error(record: Dict, image_format: Optional[str]) -> Optional[str]:
@@ -332,7 +353,7 @@ def image_size_after_exif(path: str) -> Tuple[int, int, str]:
     return width, height, mode
 
 
-@lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)
 def _mode_converts(mode: str, image_format: str) -> bool:
     """Whether read_image's ``image.convert`` works from ``mode`` (tried on a 1x1 image)."""
     target = "RGB" if image_format in ("BGR", "YUV-BT.601") else image_format
