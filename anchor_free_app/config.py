@@ -23,13 +23,13 @@ def add_app_config(cfg: CN) -> None:
         # Check the training data once, on the main process, before the first iteration
         # (anchor_free_app/data/checks.py): every record has a file_name and every non-crowd
         # box is well-formed, finite, with non-negative width and height (all records,
-        # vectorised: about 1.5 s for COCO train2017); plus CHECK_IMAGE_FILES image files.
+        # vectorised: 1-2 s for COCO train2017); plus CHECK_IMAGE_FILES image files.
         cfg.DATALOADER.CHECK_INPUTS = True
     if "CHECK_IMAGE_FILES" not in cfg.DATALOADER:
         # How many training image files CHECK_INPUTS opens (header only, through PathManager),
         # spread evenly over the dataset: present, readable, of the annotated size after EXIF
         # orientation, of a mode that converts to INPUT.FORMAT. -1: all (opt-in: COCO's 117k
-        # files take about 20 s from the page cache, longer from remote storage); 0: none.
+        # files take 10-20 s from the page cache, longer from remote storage); 0: none.
         cfg.DATALOADER.CHECK_IMAGE_FILES = 1000
     if "DEMO_SHAPES" not in cfg.DATASETS:
         # The built-in generated dataset (anchor_free_app/data/demo_shapes.py).
