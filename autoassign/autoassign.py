@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from anchor_free.distributed import reduce_mean
 from anchor_free.head import AnchorFreeHead
-from anchor_free.inbox import InboxPairs, inbox_pairs, location_strides
+from anchor_free.inbox import InboxPairs, device_vector, inbox_pairs, location_strides
 from anchor_free.meta_arch import (
     AnchorFreeDetector,
     autocast_disabled,
@@ -240,16 +240,22 @@ class AutoAssign(AnchorFreeDetector):
         gt_boxes: Tensor,
         gt_classes: Tensor,
         grid_sizes: List[Tuple[int, int]],
+        points: Optional[Tensor] = None,
     ) -> Tuple[InboxPairs, PositiveTerms]:
         """
         In-box pairs, center prior, confidences and positive weights of one image (paper
-        Sec. 3.2-3.3).
+        Sec. 3.2-3.3), as :meth:`forward_training` computes them for the batch (the
+        visualiser's entry).
 
         Args:
             confidence_prob: (L, K) P(cls); pred_ltrb: (L, 4) pixels.
             gt_boxes: (G, 4) XYXY pixels; gt_classes: (G,) long.
+            points: (L, 2) the point generator's points (``dense_outputs``'s "points");
+                default the grid formula, bitwise the same for AutoAssign's offset 0.
         """
-        pairs = inbox_pairs(gt_boxes, grid_sizes, self.strides, self.point_generator.offset)
+        pairs = inbox_pairs(
+            gt_boxes, grid_sizes, self.strides, self.point_generator.offset, points=points
+        )
         pair_classes = gt_classes[pairs.gt_idx]
         prior = self.center_prior(center_offsets(pairs), pair_classes)
         p_cls = confidence_prob[pairs.loc_idx, pair_classes]
@@ -275,6 +281,10 @@ class AutoAssign(AnchorFreeDetector):
         gt_instances: List[Instances],
     ) -> Dict[str, Tensor]:
         """
+        The losses of the batch, computed on the in-box pairs of all images at once (object
+        indices over the batch, locations as (image, location)): no per-image or per-object
+        host synchronisation (one for the ground-truth check, two in ``inbox_pairs``).
+
         Args:
             images: the batch; features: per level (N, C, H_l, W_l);
             predictions: head outputs (cls, ltrb, objectness) per level;
@@ -284,52 +294,84 @@ class AutoAssign(AnchorFreeDetector):
         """
         out = self.dense_outputs(features, predictions)
         confidence_prob, pred_ltrb = out["confidence_prob"], out["pred_ltrb"]
-        num_images, num_locations = pred_ltrb.shape[:2]
-        pos_losses, neg_losses, norm_terms = [], [], []
-        num_fg = pred_ltrb.new_zeros(())
-        num_bg = pred_ltrb.new_zeros(())
-        inside_any = pred_ltrb.new_zeros(num_images, num_locations)
-        for n, instances in enumerate(gt_instances):
-            gt_boxes = instances.gt_boxes.tensor.float()
-            gt_classes = instances.gt_classes.long()
-            check_ground_truth(gt_boxes, gt_classes, self.num_classes, n)
-            pairs, terms = self.positive_terms_single_image(
-                confidence_prob[n], pred_ltrb[n], gt_boxes, gt_classes, out["grid_sizes"]
-            )
-            pos_losses.append(terms.loss.sum())
-            num_fg += gt_boxes.shape[0]
-            prior_sum = terms.prior.sum()
-            num_bg += prior_sum.detach()
-            if pairs.gt_idx.numel() > 0:
-                norm_terms.append(gt_boxes.shape[0] / prior_sum.clamp(min=EPS))
-            else:
-                norm_terms.append(prior_sum * 0.0)
-            neg_prob = confidence_prob[n]
-            if self.use_neg_weights:
-                box_prob, _ = negative_box_prob(
-                    points=out["points"],
-                    pred_ltrb=pred_ltrb[n].detach(),
-                    gt_boxes=gt_boxes,
-                    gt_classes=gt_classes,
-                    pairs=pairs,
-                    num_classes=self.num_classes,
-                )
-                neg_prob = neg_prob * (1.0 - box_prob)
-            neg_losses.append(negative_bag_loss(neg_prob, self.focal_loss_gamma).sum())
-            inside_any[n, pairs.loc_idx] = 1.0
+        num_images, num_locations, num_classes = confidence_prob.shape
+        device = pred_ltrb.device
+        check_ground_truth(gt_instances, self.num_classes)
+        counts = [len(x) for x in gt_instances]
+        gt_boxes = torch.cat([x.gt_boxes.tensor for x in gt_instances]).float()  # (G, 4)
+        gt_classes = torch.cat([x.gt_classes for x in gt_instances]).long()  # (G,)
+        box_image = torch.cat(
+            [torch.full((c,), n, dtype=torch.long, device=device) for n, c in enumerate(counts)]
+        )
+        pairs = inbox_pairs(
+            gt_boxes, out["grid_sizes"], self.strides, self.point_generator.offset,
+            points=out["points"],
+        )
+        pair_image = box_image[pairs.gt_idx]  # (M,)
+        flat_loc = pair_image * num_locations + pairs.loc_idx  # (M,) (image, location)
+        pair_classes = gt_classes[pairs.gt_idx]
+        prior = self.center_prior(center_offsets(pairs), pair_classes)
+        p_cls = confidence_prob.reshape(-1, num_classes)[flat_loc, pair_classes]
+        p_loc = localization_likelihood(
+            pred_ltrb.reshape(-1, 4)[flat_loc], pairs.ltrb, self.loc_lambda
+        )
+        terms = positive_terms(
+            p_cls=p_cls,
+            p_loc=p_loc,
+            prior=prior,
+            gt_idx=pairs.gt_idx,
+            num_gt=gt_boxes.shape[0],
+            confidence=self.confidence,
+            tau=self.tau,
+            use_pos_weights=self.use_pos_weights,
+        )
+        # Per image: in-box prior mass and whether it has any pair. (N,) each.
+        # Accumulated in float64: index_add adds sequentially, whose float32 rounding error
+        # grows with the number of pairs (the previous per-image terms.prior.sum() did not).
+        wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        prior_sum = (
+            pred_ltrb.new_zeros(num_images, dtype=wide)
+            .index_add(0, pair_image, terms.prior.to(wide))
+            .to(pred_ltrb.dtype)
+        )
+        has_pairs = torch.zeros(num_images, dtype=torch.bool, device=device)
+        has_pairs[pair_image] = True
+        num_gt = device_vector(counts, pred_ltrb.dtype, device)
+        norm_terms = torch.where(
+            has_pairs, num_gt / prior_sum.clamp(min=EPS), prior_sum * 0.0
+        )  # images without pairs add 0 (see the class docstring)
 
-        num_fg = reduce_mean(num_fg).clamp(min=1.0)
-        num_bg = reduce_mean(num_bg).clamp(min=1.0)
+        neg_prob = confidence_prob
+        if self.use_neg_weights:
+            box_prob, _ = negative_box_prob(
+                points=out["points"],
+                pred_ltrb=pred_ltrb.detach(),
+                gt_boxes=gt_boxes,
+                gt_classes=gt_classes,
+                pairs=pairs,
+                num_classes=self.num_classes,
+                boxes_per_image=counts,
+            )  # (N, L, K)
+            neg_prob = neg_prob * (1.0 - box_prob)
+        inside_any = pred_ltrb.new_zeros(num_images * num_locations)
+        inside_any[flat_loc] = 1.0
+
+        num_fg = reduce_mean(pred_ltrb.new_full((), float(sum(counts)))).clamp(min=1.0)
+        num_bg = reduce_mean(prior_sum.sum().detach()).clamp(min=1.0)
         # Zero-valued term: the box branch gets a gradient even when no object has pairs.
         zero_box = pred_ltrb.sum() * 0.0
         losses = {
-            "loss_pos": self.focal_loss_alpha * (torch.stack(pos_losses).sum() + zero_box) / num_fg,
-            "loss_neg": (1.0 - self.focal_loss_alpha) * torch.stack(neg_losses).sum() / num_bg,
-            "loss_norm": self.norm_loss_weight * torch.stack(norm_terms).mean()
+            "loss_pos": self.focal_loss_alpha * (terms.loss.sum() + zero_box) / num_fg,
+            "loss_neg": (1.0 - self.focal_loss_alpha)
+            * negative_bag_loss(neg_prob, self.focal_loss_gamma).sum()
+            / num_bg,
+            "loss_norm": self.norm_loss_weight * norm_terms.mean()
             + self.center_prior.zero_grad_term(pred_ltrb),
         }
         if self.objectness == "explicit":
-            losses["loss_obj"] = explicit_objectness_loss(out["obj_logits"], inside_any)
+            losses["loss_obj"] = explicit_objectness_loss(
+                out["obj_logits"], inside_any.view(num_images, num_locations)
+            )
         return losses
 
     # ------------------------------------------------------------------------------------------

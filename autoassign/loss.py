@@ -9,21 +9,22 @@ others have w+ = 0 and no gradient through it), so everything here works on thos
   range of grid cells), in O(M + G x levels) time and memory, in the same GT-major order as
   ``nonzero(inbox[G, L])`` (shared with Pseudo-IoU's sparse point assignment);
 * per-object sums and min/max use ``index_add_`` / ``scatter_reduce``;
-* the IoU max over all objects needed by the negative weights is computed only for the
-  locations inside some box, in chunks of bounded size.
+* the IoU max over all objects needed by the negative weights is computed in chunks of
+  bounded size;
+* the whole batch is one set of pairs (object indices over the batch), so the loss has no
+  per-image or per-object host synchronisation (two per batch, in ``inbox_pairs``).
 
 Naming: G objects, L locations (all levels, finest first, row-major), K classes, M pairs.
 Distances are in input pixels unless said otherwise.
 """
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from fvcore.nn import giou_loss
 from torch import Tensor
 
 from anchor_free.inbox import InboxPairs
-from detectron2.structures import Boxes, pairwise_iou
+from anchor_free.losses import giou_loss
 
 __all__ = [
     "PositiveTerms",
@@ -74,7 +75,7 @@ def localization_likelihood(pred_ltrb: Tensor, target_ltrb: Tensor, loc_lambda: 
     Returns:
         (M,) in (0, 1].
     """
-    loss = giou_loss(_ltrb_to_boxes(pred_ltrb), _ltrb_to_boxes(target_ltrb), reduction="none")
+    loss = giou_loss(_ltrb_to_boxes(pred_ltrb), _ltrb_to_boxes(target_ltrb))
     return torch.exp(-loc_lambda * loss)
 
 
@@ -135,19 +136,31 @@ def positive_terms(
 @torch.no_grad()
 def max_iou_over_gts(pred_boxes: Tensor, gt_boxes: Tensor, max_elements: int = 1 << 22) -> Tensor:
     """
-    (U,) max over all G objects of IoU(object, predicted box), computed in chunks of at most
-    ``max_elements`` IoU entries (memory O(max_elements), not O(G x U)).
+    (U,) max over all G objects of IoU(object, predicted box): the values of Detectron2's
+    ``pairwise_iou(Boxes(gt_boxes), Boxes(pred_boxes)).max(dim=0)`` (the same arithmetic:
+    intersection ``(min(x1) - max(x0)).clamp(0) * (min(y1) - max(y0)).clamp(0)``, IoU
+    ``inter / (area_pred + area_gt - inter)`` where ``inter > 0``, else 0), with fewer
+    temporaries, computed in chunks of at most ``max_elements`` entries (memory
+    O(max_elements), not O(G x U)).
 
     Args:
         pred_boxes: (U, 4) XYXY predicted boxes, pixels.
         gt_boxes: (G, 4) XYXY, G >= 1.
     """
     chunk = max(1, max_elements // max(1, gt_boxes.shape[0]))
-    gts = Boxes(gt_boxes)
-    parts = [
-        pairwise_iou(gts, Boxes(pred_boxes[start : start + chunk])).max(dim=0).values
-        for start in range(0, pred_boxes.shape[0], chunk)
-    ]
+    gx0, gy0, gx1, gy1 = gt_boxes.unbind(dim=1)
+    gt_area = (gx1 - gx0) * (gy1 - gy0)  # (G,)
+    parts = []
+    for start in range(0, pred_boxes.shape[0], chunk):
+        px0, py0, px1, py1 = (c[:, None] for c in pred_boxes[start : start + chunk].unbind(dim=1))
+        pred_area = (px1 - px0) * (py1 - py0)  # (U_c, 1)
+        width = (torch.minimum(px1, gx1) - torch.maximum(px0, gx0)).clamp_(min=0)
+        height = (torch.minimum(py1, gy1) - torch.maximum(py0, gy0)).clamp_(min=0)
+        inter = width.mul_(height)  # (U_c, G)
+        union = (pred_area + gt_area) - inter
+        # Detectron2: gt_area + pred_area (the same sum); 0 where there is no intersection.
+        iou = torch.where(inter > 0, inter / union, torch.zeros_like(inter))
+        parts.append(iou.max(dim=1).values)
     return torch.cat(parts) if parts else pred_boxes.new_zeros(0)
 
 
@@ -160,56 +173,70 @@ def negative_box_prob(
     gt_classes: Tensor,
     pairs: InboxPairs,
     num_classes: int,
+    boxes_per_image: Optional[Sequence[int]] = None,
 ) -> Tuple[Tensor, Tensor]:
     """
-    ``1 - w-`` of one image (paper Eq. 5), dense over (location, class).
+    ``1 - w-`` (paper Eq. 5), dense over (location, class), of one image or of a batch.
 
-    For each pair: ``f = 1 / (1 - IoU_max)``, IoU_max over ALL objects of the location's
-    predicted box; ``f`` is min-max normalised over the object's pairs (the best location of
-    each object gets 1, i.e. zero negative loss for its class). Pairs write their value at
-    (location, class of the object); where two objects of the same class contain the same
-    location, the later object (higher index) wins, as the release's GT-major ``index_put``
-    does on CPU (deterministic here, unspecified on CUDA in the release).
+    For each pair: ``f = 1 / (1 - IoU_max)``, IoU_max over ALL objects of the image of the
+    location's predicted box; ``f`` is min-max normalised over the object's pairs (the best
+    location of each object gets 1, i.e. zero negative loss for its class). Pairs write their
+    value at (location, class of the object); where two objects of the same class contain the
+    same location, the later object (higher index) wins, as the release's GT-major
+    ``index_put`` does on CPU (deterministic here, unspecified on CUDA in the release).
+
+    No host synchronisation: IoU_max is computed for every location of each image (chunked;
+    the release computes the dense [G, L] IoU too), and the winner of each (location, class)
+    is found with ``scatter_reduce``, not ``unique``.
 
     Args:
         points: (L, 2) location coordinates, pixels.
-        pred_ltrb: (L, 4) predicted distances, pixels.
-        gt_boxes: (G, 4); gt_classes: (G,) long.
-        pairs: the in-box pairs.
+        pred_ltrb: (L, 4) predicted distances, pixels, of one image; or (N, L, 4) of N images.
+        gt_boxes: (G, 4); gt_classes: (G,) long: the boxes of the images, concatenated.
+        pairs: the in-box pairs (``gt_idx`` into ``gt_boxes``, ``loc_idx`` within the image).
+        boxes_per_image: G_n per image (sum G) with a batch; default one image of G boxes.
     Returns:
-        box_prob: (L, K) in [0, 1], zero outside the pairs.
+        box_prob: (L, K), or (N, L, K), in [0, 1], zero outside the pairs.
         normalized_f: (M,) the min-max normalised f of each pair.
     """
-    num_locations = points.shape[0]
-    box_prob = pred_ltrb.new_zeros(num_locations, num_classes)
+    single = pred_ltrb.dim() == 2
+    if single:
+        pred_ltrb = pred_ltrb[None]
+    num_images, num_locations = pred_ltrb.shape[:2]
+    counts = [gt_boxes.shape[0]] if boxes_per_image is None else list(boxes_per_image)
+    shape = (num_locations, num_classes) if single else (num_images, num_locations, num_classes)
+    box_prob = pred_ltrb.new_zeros(num_images * num_locations * num_classes)
     gt_idx, loc_idx = pairs.gt_idx, pairs.loc_idx
     if gt_idx.numel() == 0:
-        return box_prob, pred_ltrb.new_zeros(0)
-    # Locations inside some box and each pair's position among them, without sorting.
-    inside = torch.zeros(num_locations, dtype=torch.bool, device=loc_idx.device)
-    inside[loc_idx] = True
-    unique_loc = torch.nonzero(inside, as_tuple=True)[0]
-    inverse = (torch.cumsum(inside, 0) - 1)[loc_idx]
-    loc_points = points[unique_loc]
-    loc_ltrb = pred_ltrb[unique_loc]
-    pred_boxes = torch.cat([loc_points - loc_ltrb[:, :2], loc_points + loc_ltrb[:, 2:]], dim=1)
-    iou = max_iou_over_gts(pred_boxes, gt_boxes)[inverse]  # (M,)
-    f = 1.0 / (1.0 - iou).clamp(min=EPS)
+        return box_prob.view(shape), pred_ltrb.new_zeros(0)
+    device = gt_boxes.device
+    pred_boxes = torch.cat([points - pred_ltrb[..., :2], points + pred_ltrb[..., 2:]], dim=-1)
+    iou = pred_ltrb.new_zeros(num_images, num_locations)  # (N, L) IoU_max of every location
+    start = 0
+    for n, count in enumerate(counts):
+        if count > 0:
+            iou[n] = max_iou_over_gts(pred_boxes[n], gt_boxes[start : start + count])
+        start += count
+    box_image = torch.cat(
+        [torch.full((c,), n, dtype=torch.long, device=device) for n, c in enumerate(counts)]
+    )
+    flat_loc = box_image[gt_idx] * num_locations + loc_idx  # (M,) (image, location)
+    f = 1.0 / (1.0 - iou.view(-1)[flat_loc]).clamp(min=EPS)
     num_gt = gt_boxes.shape[0]
     f_min = f.new_zeros(num_gt).scatter_reduce(0, gt_idx, f, "amin", include_self=False)
     f_max = f.new_zeros(num_gt).scatter_reduce(0, gt_idx, f, "amax", include_self=False)
     f_min, f_max = f_min[gt_idx], f_max[gt_idx]
-    normalized_f = (f - f_min + EPS) / (f_max - f_min + EPS)
-    # Later object wins on (location, class) collisions: pairs are GT-major sorted, so the
-    # winner of each key is its largest pair index.
-    key = loc_idx * num_classes + gt_classes[gt_idx]
-    unique_key, key_inverse = torch.unique(key, return_inverse=True)
-    pair_range = torch.arange(key.shape[0], device=key.device)
-    winner = torch.full_like(unique_key, -1).scatter_reduce(
-        0, key_inverse, pair_range, "amax", include_self=True
+    normalized_f = (f - f_min + EPS) / (f_max - f_min + EPS)  # > 0
+    # Later object wins on (image, location, class) collisions: the highest object index of
+    # each key, then that pair's value (amax into zeros: the only non-zero value per key).
+    key = flat_loc * num_classes + gt_classes[gt_idx]
+    pair_gt = gt_idx.to(torch.int32)
+    winner = torch.full_like(box_prob, -1, dtype=torch.int32).scatter_reduce(
+        0, key, pair_gt, "amax"
     )
-    box_prob.view(-1)[unique_key] = normalized_f[winner]
-    return box_prob, normalized_f
+    value = torch.where(winner[key] == pair_gt, normalized_f, torch.zeros_like(normalized_f))
+    box_prob = box_prob.scatter_reduce(0, key, value, "amax")
+    return box_prob.view(shape), normalized_f
 
 
 def _bce(prob: Tensor, target: float) -> Tensor:

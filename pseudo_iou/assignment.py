@@ -6,10 +6,12 @@ Naming: R = points (all FPN levels concatenated), G = ground-truth boxes of one 
 a box, as returned by Detectron2's ``pairwise_point_box_distance``; all four are > 0 for a point
 strictly inside.
 
-:class:`PointAssigner` has two entries with the same outputs: ``__call__`` on arbitrary points
-builds the dense (R, G, 4) distances (time and memory O(R x G)); ``assign_grid`` on the regular
-FPN point grids (what the detector trains with) works on the M in-box pairs only
-(:func:`anchor_free.inbox.inbox_pairs`), O(M + R).
+:class:`PointAssigner` has two entries with the same outputs. Training always takes
+``assign_grid``: the whole batch at once, on the M in-box pairs of the detector's own points
+(:func:`anchor_free.inbox.inbox_pairs`), O(M + R). ``__call__`` takes arbitrary points of one
+image and builds the dense (R, G, 4) distances (time and memory O(R x G)): the visualiser
+(``anchor_free_app/visualize/pseudo_iou.py``) draws with it, and the tests use it as the
+reference of ``assign_grid``.
 """
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -17,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from anchor_free.inbox import grid_points, inbox_pairs
+from anchor_free.inbox import device_vector, inbox_pairs
 from detectron2.structures import Boxes, pairwise_point_box_distance
 
 __all__ = [
@@ -190,7 +192,8 @@ class PointAssigner:
             )
         else:
             ranges = self.size_ranges
-        return torch.tensor(ranges, dtype=torch.float32, device=device)
+        flat = [float(v) for low_high in ranges for v in low_high]
+        return device_vector(flat, torch.float32, device).view(num_levels, 2)
 
     def point_size_ranges(self, num_points_per_level: List[int], device) -> Tensor:
         """
@@ -259,98 +262,106 @@ class PointAssigner:
         matched_idxs = torch.where(keep, candidate_idxs, -1)
         return matched_idxs, candidate_idxs
 
-    def sparse_exact(self, gt_boxes: Boxes) -> bool:
-        """
-        Whether :meth:`assign_grid` takes the sparse path for these boxes: strict inside (what
-        :func:`~anchor_free.inbox.inbox_pairs` enumerates) and finite box areas (finite
-        coordinates, no overflow; the dense path's ``inf`` cost marks non-candidates).
-        """
-        if not self.inside_strict:
-            return False
-        return len(gt_boxes) == 0 or bool(torch.isfinite(gt_boxes.area()).all())
-
     @torch.no_grad()
     def assign_grid(
         self,
+        points: Tensor,
         grid_sizes: Sequence[Tuple[int, int]],
         strides: Sequence[int],
         offset: float,
-        gt_boxes: Boxes,
+        gt_boxes: Sequence[Boxes],
     ) -> Tuple[Tensor, Tensor]:
         """
-        The assignment of the regular FPN point grids: the same outputs as ``__call__`` on the
-        points :func:`anchor_free.inbox.grid_points` gives (point (i, j) of level l at
-        ((j + offset) * s_l, (i + offset) * s_l), levels concatenated finest first, row-major:
-        Detectron2's anchor-generator layout), but computed on the M in-box (point, box) pairs
-        only: time and memory O(M + R) instead of O(R x G).
+        The assignment the detector trains with, for a whole batch at once: the same outputs as
+        ``__call__`` on ``points`` for each image, computed on the M in-box (point, box) pairs
+        only (time and memory O(M + N R) instead of O(N R G)), with no per-image or per-box
+        host synchronisation (two per batch, inside
+        :func:`~anchor_free.inbox.inbox_pairs`).
 
-        Sparse path (whenever :meth:`sparse_exact`, i.e. ``inside_strict`` and finite boxes):
-
-        1. the pairs with the point strictly inside the box (``inbox_pairs``), then the level
-           size range on ``max(l, t, r, b)`` of each pair's level (float32 bounds, inclusive,
-           as the dense path);
-        2. per point, the box of smallest area (``"min_area"``) or highest Pseudo-IoU
+        1. the (image, point, box) pairs with the point inside the box (strictly, or on a side
+           too without ``inside_strict``) and, with ``size_ranges``, ``max(l, t, r, b)`` in the
+           level's range (float32 bounds, inclusive): ``inbox_pairs`` on the boxes of all
+           images, which does not even enumerate a (box, level) whose size cannot match;
+        2. per (image, point), the box of smallest area (``"min_area"``) or highest Pseudo-IoU
            (``"max_pseudo_iou"``) with ``scatter_reduce``; ties go to the lowest box index,
-           which is what the dense ``min`` / ``max`` over boxes return (first extremal index;
-           checked by the tests on CPU);
+           which is what the dense ``min`` / ``max`` over boxes return (first extremal index);
         3. :meth:`rule` on the chosen pair only.
 
-        Otherwise (``inside_strict=False``: points on a box side are candidates too, which
-        ``inbox_pairs`` does not enumerate; or non-finite boxes) the grid points are built and
-        the dense ``__call__`` runs.
-
         Args:
+            points: (R, 2) the detector's point coordinates in input pixels (the centres of
+                its anchor generator's boxes), levels concatenated finest first, row-major, on
+                the grids ``grid_sizes`` (R = sum_l H_l W_l).
             grid_sizes: per level (H_l, W_l).
             strides: per level stride s_l in input pixels.
-            offset: point offset in cells (Pseudo-IoU: 0.5, cell centres).
-            gt_boxes: G boxes of one image (XYXY, input pixels).
+            offset: point offset in cells (Pseudo-IoU: 0.5, cell centres), for the candidate
+                cell ranges only (the distances are computed from ``points``).
+            gt_boxes: per image, G_n boxes (XYXY, input pixels, finite).
         Returns:
-            matched_idxs: (R,) int64, R = sum_l H_l W_l, index of the box each point is positive
-                for, -1 for background.
-            candidate_idxs: (R,) int64, the box chosen by steps 1-2 (before the rule), -1 if none.
+            matched_idxs: (N, R) int64, index into the image's boxes of the box each point is
+                positive for, -1 for background.
+            candidate_idxs: (N, R) int64, the box chosen by steps 1-2 (before the rule), -1 if
+                none.
         """
         if len(grid_sizes) != len(strides):
             raise ValueError(f"{len(grid_sizes)} grid sizes for {len(strides)} strides")
-        boxes = gt_boxes.tensor
-        device = boxes.device
-        num_points_per_level = [int(h) * int(w) for h, w in grid_sizes]
-        num_points = sum(num_points_per_level)
-        if not self.sparse_exact(gt_boxes):
-            points = grid_points(grid_sizes, strides, offset, dtype=boxes.dtype, device=device)
-            return self(points, num_points_per_level, gt_boxes)
-        ranges = self.level_size_ranges(len(grid_sizes), device)  # (levels, 2); checks count
-        matched = torch.full((num_points,), -1, dtype=torch.long, device=device)
-        candidates = matched.clone()
-        if len(gt_boxes) == 0 or num_points == 0:
-            return matched, candidates
-
-        pairs = inbox_pairs(boxes, list(grid_sizes), list(strides), offset)
-        gt_idx, loc_idx, ltrb = pairs.gt_idx, pairs.loc_idx, pairs.ltrb
+        expected = [int(h) * int(w) for h, w in grid_sizes]
+        num_points, device = points.shape[0], points.device
+        if num_points != sum(expected):
+            raise ValueError(
+                f"{num_points} points do not match the feature grids {list(grid_sizes)} "
+                f"(H x W = {expected}); pass the point generator's points on those grids"
+            )
+        ranges = None
         if self.size_ranges is not None:
-            level_ends = torch.cumsum(torch.tensor(num_points_per_level, device=device), 0)
-            level = torch.bucketize(loc_idx, level_ends, right=True)  # (M,)
-            farthest_side = ltrb.max(dim=1).values
-            ok = (farthest_side >= ranges[level, 0]) & (farthest_side <= ranges[level, 1])
-            gt_idx, loc_idx, ltrb = gt_idx[ok], loc_idx[ok], ltrb[ok]
+            ranges = self.level_size_ranges(len(grid_sizes), device)  # checks the level count
+        num_images = len(gt_boxes)
+        counts = [len(b) for b in gt_boxes]
+        matched = torch.full((num_images, num_points), -1, dtype=torch.long, device=device)
+        if sum(counts) == 0 or num_points == 0:
+            return matched, matched.clone()
+        boxes = Boxes(torch.cat([b.tensor for b in gt_boxes]))  # (G, 4), G over the batch
+        starts = [sum(counts[:n]) for n in range(num_images)]
+        # Per box: its image, and the batch index of its image's first box. (G,) each.
+        box_image = torch.cat(
+            [torch.full((c,), n, dtype=torch.long, device=device) for n, c in enumerate(counts)]
+        )
+        box_start = torch.cat(
+            [torch.full((c,), s, dtype=torch.long, device=device) for s, c in zip(starts, counts)]
+        )
+        pairs = inbox_pairs(
+            boxes.tensor,
+            list(grid_sizes),
+            list(strides),
+            offset,
+            points=points,
+            strict=self.inside_strict,
+            level_ranges=ranges,
+        )
+        gt_idx, ltrb = pairs.gt_idx, pairs.ltrb
+        key = box_image[gt_idx] * num_points + pairs.loc_idx  # (M,) (image, point)
+        size = num_images * num_points
 
-        # Step 2: best value per point, then the lowest box index among the pairs reaching it.
+        # Step 2: best value per (image, point), then the lowest box index reaching it.
         if self.tie_break == "min_area":
-            value = gt_boxes.area()[gt_idx]
-            best = value.new_full((num_points,), float("inf"))
-            best = best.scatter_reduce(0, loc_idx, value, "amin")
+            value = boxes.area()[gt_idx]
+            best = value.new_full((size,), float("inf")).scatter_reduce(0, key, value, "amin")
         else:
             value = pseudo_iou(ltrb)
-            best = value.new_full((num_points,), -1.0)
-            best = best.scatter_reduce(0, loc_idx, value, "amax")
-        is_best = value == best[loc_idx]
+            best = value.new_full((size,), -1.0).scatter_reduce(0, key, value, "amax")
         no_box = torch.iinfo(torch.long).max
-        best_gt = torch.full((num_points,), no_box, dtype=torch.long, device=device)
-        best_gt = best_gt.scatter_reduce(0, loc_idx[is_best], gt_idx[is_best], "amin")
-        candidates = torch.where(best_gt != no_box, best_gt, candidates)
+        best_gt = torch.full((size,), no_box, dtype=torch.long, device=device)
+        best_gt = best_gt.scatter_reduce(
+            0, key, torch.where(value == best[key], gt_idx, no_box), "amin"
+        )
+        candidates = torch.where(best_gt != no_box, best_gt, -1)
 
-        # Step 3 on the chosen pair: (point, box) pairs are unique, so one pair per point.
-        chosen = gt_idx == candidates[loc_idx]
-        loc_idx, gt_idx = loc_idx[chosen], gt_idx[chosen]
-        keep = self.rule(ltrb[chosen])
-        matched[loc_idx[keep]] = gt_idx[keep]
-        return matched, candidates
+        # Step 3 on the chosen pair ((image, point, box) pairs are unique: one per point).
+        keep = (gt_idx == candidates[key]) & self.rule(ltrb)
+        matched = matched.view(-1).scatter_reduce(0, key, torch.where(keep, gt_idx, -1), "amax")
+
+        # Batch box indices -> the image's box indices.
+        def local(idx: Tensor) -> Tensor:
+            local_idx = torch.where(idx >= 0, idx - box_start[idx.clamp(min=0)], -1)
+            return local_idx.view(num_images, num_points)
+
+        return local(matched), local(candidates)

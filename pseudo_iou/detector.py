@@ -11,12 +11,13 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from fvcore.nn import giou_loss, sigmoid_focal_loss_jit
+from fvcore.nn import sigmoid_focal_loss_jit
 from torch import Tensor, nn
 
 from anchor_free.distributed import reduce_mean
 from anchor_free.head import AnchorFreeHead
-from anchor_free.inbox import grid_points
+from anchor_free.losses import giou_loss
+from anchor_free.inbox import device_vector
 from anchor_free.meta_arch import (
     AnchorFreeDetector,
     autocast_disabled,
@@ -203,11 +204,13 @@ class PseudoIoU(AnchorFreeDetector):
         grid_sizes: List[Tuple[int, int]],
     ) -> PointTargets:
         """
-        Label the points with :meth:`PointAssigner.assign_grid` (sparse: in-box pairs only).
+        Label the points of the batch with :meth:`PointAssigner.assign_grid` (one call for all
+        images, on the in-box pairs only) after one batched check of the ground truth.
 
         Args:
             points: per level, Boxes (R_l, 4): stride-sized squares centred on the points, from
-                ``self.point_generator`` on feature maps of ``grid_sizes`` (R_l = H_l W_l).
+                ``self.point_generator`` on feature maps of ``grid_sizes`` (R_l = H_l W_l); the
+                assignment measures distances from their centres.
             gt_instances: per image, with ``gt_boxes`` (input pixels) and ``gt_classes``.
             grid_sizes: per level (H_l, W_l) of the feature maps.
         Returns:
@@ -221,49 +224,33 @@ class PseudoIoU(AnchorFreeDetector):
                 f"feature grids {list(grid_sizes)} (H x W = {expected}); pass the points of "
                 "self.point_generator on those feature maps"
             )
+        check_ground_truth(gt_instances, self.num_classes)
         centers = Boxes.cat(points).get_centers()  # (R, 2)
-        num_points = centers.shape[0]
-        grid_args = (grid_sizes, self.strides, self.point_generator.offset)
-        # assign_grid recomputes the points as ((j + offset) s, (i + offset) s). Detectron2's
-        # generator gives bitwise those values for the usual offsets 0.5 and 0.0, not for all
-        # offsets (rounding); where they differ, the dense assignment on the given points runs.
-        on_grid = {}
-        labels, boxes, matched, candidates = [], [], [], []
-        for img_idx, instances in enumerate(gt_instances):
-            gt_boxes = instances.gt_boxes
-            check_ground_truth(gt_boxes.tensor, instances.gt_classes, self.num_classes, img_idx)
-            dtype = gt_boxes.tensor.dtype
-            if dtype not in on_grid:
-                on_grid[dtype] = torch.equal(
-                    centers.to(dtype), grid_points(*grid_args, dtype=dtype, device=centers.device)
-                )
-            if on_grid[dtype]:
-                matched_idxs, candidate_idxs = self.assigner.assign_grid(*grid_args, gt_boxes)
-            else:
-                matched_idxs, candidate_idxs = self.assigner(
-                    centers, num_points_per_level, gt_boxes
-                )
-            is_pos = matched_idxs >= 0
-            if len(gt_boxes) > 0:
-                safe_idxs = matched_idxs.clamp(min=0)
-                label = torch.where(
-                    is_pos,
-                    instances.gt_classes[safe_idxs],
-                    torch.full_like(safe_idxs, self.num_classes),
-                )
-                box = gt_boxes.tensor[safe_idxs] * is_pos[:, None].to(gt_boxes.tensor.dtype)
-            else:
-                label = torch.full(
-                    (num_points,), self.num_classes, dtype=torch.long, device=centers.device
-                )
-                box = centers.new_zeros((num_points, 4))
-            labels.append(label)
-            boxes.append(box)
-            matched.append(matched_idxs)
-            candidates.append(candidate_idxs)
-        return PointTargets(
-            torch.stack(labels), torch.stack(boxes), torch.stack(matched), torch.stack(candidates)
+        num_images, num_points = len(gt_instances), centers.shape[0]
+        matched, candidates = self.assigner.assign_grid(
+            centers,
+            grid_sizes,
+            self.strides,
+            self.point_generator.offset,
+            [x.gt_boxes for x in gt_instances],
+        )  # (N, R) each
+        counts = [len(x) for x in gt_instances]
+        if sum(counts) == 0:
+            labels = torch.full_like(matched, self.num_classes)
+            boxes = centers.new_zeros((num_images, num_points, 4))
+            return PointTargets(labels, boxes, matched, candidates)
+        all_boxes = torch.cat([x.gt_boxes.tensor for x in gt_instances])  # (G, 4), G over batch
+        all_classes = torch.cat([x.gt_classes for x in gt_instances])  # (G,)
+        starts = [sum(counts[:n]) for n in range(num_images)]
+        is_pos = matched >= 0
+        # Index into the batch's boxes (clamped: an image without boxes has no positives).
+        batch_idxs = matched.clamp(min=0) + device_vector(starts, torch.long, matched.device)[:, None]
+        batch_idxs = batch_idxs.clamp(max=sum(counts) - 1)
+        labels = torch.where(
+            is_pos, all_classes[batch_idxs], torch.full_like(matched, self.num_classes)
         )
+        boxes = all_boxes[batch_idxs] * is_pos[..., None].to(all_boxes.dtype)
+        return PointTargets(labels, boxes, matched, candidates)
 
     def losses(
         self,
@@ -290,7 +277,10 @@ class PseudoIoU(AnchorFreeDetector):
         num_pos_local = pos_mask.sum()
         num_pos = reduce_mean(num_pos_local.to(torch.float32)).clamp(min=1.0)
 
-        gt_onehot = F.one_hot(targets.gt_labels, self.num_classes + 1)[..., :-1]
+        # One-hot without the background column (F.one_hot(labels, K + 1)[..., :-1], whose
+        # range check reads the labels' min and max on the host on the CPU).
+        classes = torch.arange(self.num_classes, device=targets.gt_labels.device)
+        gt_onehot = targets.gt_labels[..., None] == classes  # (N, R, K) bool
         loss_cls = (
             sigmoid_focal_loss_jit(
                 cls_logits_all,
@@ -302,29 +292,27 @@ class PseudoIoU(AnchorFreeDetector):
             / num_pos
         )
 
+        # The positives, by their index in the flattened (N * R) points: one synchronisation
+        # (their number); long-index gathers below do not synchronise, where boolean masks
+        # would, once per gather and once more in its backward.
+        num_images, num_points = pos_mask.shape
+        pos_idx = pos_mask.reshape(-1).nonzero()[:, 0]  # (P,), row-major as pos_mask's order
+        has_pos = pos_idx.shape[0] > 0
         # Regression targets in stride units: Box2BoxTransformLinear(normalize_by_size=True)
         # on stride-sized point boxes gives (l, t, r, b) / stride (the release's norm_on_bbox).
-        anchors = Boxes.cat(points).tensor  # (R, 4)
-        anchors = anchors[None].expand(pos_mask.shape[0], -1, -1)[pos_mask]  # (P, 4)
-        target_ltrb = self.box2box_transform.get_deltas(anchors, targets.gt_boxes[pos_mask])
-        pred_ltrb = box_ltrb_all[pos_mask]  # (P, 4)
+        anchors = Boxes.cat(points).tensor[pos_idx % num_points]  # (P, 4)
+        target_ltrb = self.box2box_transform.get_deltas(
+            anchors, targets.gt_boxes.reshape(-1, 4)[pos_idx]
+        )
+        pred_ltrb = box_ltrb_all.reshape(-1, 4)[pos_idx]  # (P, 4)
         ctr_targets = centerness(target_ltrb)  # (P,)
-        has_pos = bool(num_pos_local > 0)
 
         if has_pos:
-            if not bool(torch.isfinite(pred_ltrb).all()):
-                # Else fvcore's giou_loss fails with "bad box: x1 larger than x2".
-                raise FloatingPointError(
-                    "PseudoIoU: non-finite box predictions at positive points (training "
-                    "diverged; lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS)"
-                )
+            # Non-finite predictions (a diverged training) give a NaN loss, which Detectron2's
+            # trainer reports (SimpleTrainer: "Loss became infinite or NaN"); checking here
+            # would cost a synchronisation per iteration.
             if self.reg_loss_type == "giou":
-                reg = giou_loss(
-                    _ltrb_to_boxes(pred_ltrb),
-                    _ltrb_to_boxes(target_ltrb),
-                    reduction="none",
-                    eps=1e-6,
-                )
+                reg = giou_loss(_ltrb_to_boxes(pred_ltrb), _ltrb_to_boxes(target_ltrb), eps=1e-6)
             else:  # UnitBox -log IoU, IoU clamped at 1e-6 as mmdet's IoULoss
                 iou = matched_pairwise_iou(
                     Boxes(_ltrb_to_boxes(pred_ltrb)), Boxes(_ltrb_to_boxes(target_ltrb))
@@ -345,7 +333,7 @@ class PseudoIoU(AnchorFreeDetector):
             if has_pos:
                 loss_ctr = (
                     F.binary_cross_entropy_with_logits(
-                        ctr_logits_all[pos_mask], ctr_targets, reduction="sum"
+                        ctr_logits_all.reshape(-1)[pos_idx], ctr_targets, reduction="sum"
                     )
                     / num_pos
                 )
@@ -358,28 +346,39 @@ class PseudoIoU(AnchorFreeDetector):
         self, targets: PointTargets, num_points_per_level: List[int], gt_instances: List[Instances]
     ) -> None:
         """Positives per image / level / object, objects left without any positive, and FCOS
-        positives before the rule filter, to Detectron2's EventStorage."""
+        positives before the rule filter, to Detectron2's EventStorage: computed on the
+        device and fetched in one transfer (one synchronisation per iteration)."""
         storage = get_event_storage()
         num_images = len(gt_instances)
+        counts = [len(x) for x in gt_instances]
+        num_gt = sum(counts)
         pos_mask = targets.matched_idxs >= 0  # (N, R)
-        num_pos = pos_mask.sum().item()
-        num_gt = sum(len(x) for x in gt_instances)
-        storage.put_scalar("pseudo_iou/num_pos_per_image", num_pos / num_images)
-        storage.put_scalar(
-            "pseudo_iou/num_fcos_pos_per_image",
-            (targets.candidate_idxs >= 0).sum().item() / num_images,
+        stats = [pos_mask.sum(), (targets.candidate_idxs >= 0).sum()]
+        stats += [level.sum() for level in pos_mask.split(num_points_per_level, dim=1)]
+        if num_gt > 0:
+            # Positives per object of the batch (index_add: no data-dependent size).
+            starts = device_vector(
+                [sum(counts[:n]) for n in range(num_images)], torch.long, pos_mask.device
+            )
+            batch_idxs = (targets.matched_idxs.clamp(min=0) + starts[:, None]).clamp(
+                max=num_gt - 1
+            )
+            per_object = pos_mask.new_zeros(num_gt, dtype=torch.long).index_add_(
+                0, batch_idxs.reshape(-1), pos_mask.reshape(-1).long()
+            )
+            stats.append((per_object == 0).sum())
+        else:
+            stats.append(pos_mask.new_zeros((), dtype=torch.long))
+        values = torch.stack(stats).tolist()  # the one transfer
+        num_pos, num_fcos_pos, per_level, without_pos = (
+            values[0], values[1], values[2:-1], values[-1]
         )
-        for name, pos_level in zip(
-            self.head_in_features, pos_mask.split(num_points_per_level, dim=1)
-        ):
-            storage.put_scalar(f"pseudo_iou/num_pos_{name}", pos_level.sum().item() / num_images)
+        storage.put_scalar("pseudo_iou/num_pos_per_image", num_pos / num_images)
+        storage.put_scalar("pseudo_iou/num_fcos_pos_per_image", num_fcos_pos / num_images)
+        for name, value in zip(self.head_in_features, per_level):
+            storage.put_scalar(f"pseudo_iou/num_pos_{name}", value / num_images)
         storage.put_scalar("pseudo_iou/num_pos_per_object", num_pos / max(num_gt, 1))
-        objects_without_pos = 0
-        for matched, instances in zip(targets.matched_idxs, gt_instances):
-            if len(instances) > 0:
-                counts = torch.bincount(matched[matched >= 0], minlength=len(instances))
-                objects_without_pos += int((counts == 0).sum())
-        storage.put_scalar("pseudo_iou/num_objects_without_pos", objects_without_pos)
+        storage.put_scalar("pseudo_iou/num_objects_without_pos", without_pos)
 
     # ------------------------------------------------------------------------------ inference
     @property

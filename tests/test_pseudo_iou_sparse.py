@@ -1,6 +1,8 @@
-"""Pseudo-IoU's sparse grid assignment (``PointAssigner.assign_grid``, on the in-box pairs of
-``anchor_free.inbox``) against the dense ``PointAssigner.__call__`` (itself checked against a
-scalar loop reference in test_pseudo_iou.py), and its use by the detector's training forward.
+"""Pseudo-IoU's one training path (``PointAssigner.assign_grid``: the whole batch, on the in-box
+pairs of ``anchor_free.inbox`` measured from the detector's own points) against the dense
+``PointAssigner.__call__`` on the same points, image by image (itself checked against a scalar
+loop reference in test_pseudo_iou.py; the previous sparse path was checked equal to it too), and
+its use by the detector's training forward.
 
 Equality is exact (``torch.equal`` on matched and candidate indices) on seeded random scenes
 built to hit the corner cases: boxes whose sides pass through grid points (strict inside),
@@ -44,9 +46,23 @@ RULE_IDS = ["all_in_box", "piou_gt", "piou_ge", "ctr_gt", "ctr_ge", "scaled_box"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def dense(assigner, boxes, offset, grid=GRID, strides=STRIDES):
-    points = grid_points(grid, strides, offset, dtype=boxes.dtype)
+def dense(assigner, boxes, offset, grid=GRID, strides=STRIDES, points=None):
+    if points is None:
+        points = grid_points(grid, strides, offset, dtype=boxes.dtype)
     return assigner(points, [h * w for h, w in grid], Boxes(boxes))
+
+
+def sparse(assigner, boxes_per_image, offset, grid=GRID, strides=STRIDES, points=None):
+    """assign_grid on a batch; returns (N, R) matched and candidates."""
+    if points is None:
+        points = grid_points(grid, strides, offset, dtype=boxes_per_image[0].dtype)
+    return assigner.assign_grid(points, grid, strides, offset, [Boxes(b) for b in boxes_per_image])
+
+
+def sparse1(assigner, boxes, offset, grid=GRID, strides=STRIDES):
+    """assign_grid on one image; returns (R,) matched and candidates."""
+    matched, candidates = sparse(assigner, [boxes], offset, grid, strides)
+    return matched[0], candidates[0]
 
 
 def random_scene(seed: int, offset: float, dtype=torch.float32) -> torch.Tensor:
@@ -85,21 +101,24 @@ def random_scene(seed: int, offset: float, dtype=torch.float32) -> torch.Tensor:
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 @pytest.mark.parametrize("tie_break", ["min_area", "max_pseudo_iou"])
 @pytest.mark.parametrize("use_ranges", [True, False], ids=["ranges", "no_ranges"])
-def test_assign_grid_equals_dense_on_random_scenes(rule, tie_break, use_ranges):
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "sides"])
+def test_assign_grid_equals_dense_on_random_scenes(rule, tie_break, use_ranges, strict):
+    """Batches of 3 images (one call) against the dense assignment of each image."""
     ranges = size_ranges_from_sizes(SIZES_OF_INTEREST) if use_ranges else None
-    assigner = PointAssigner(tie_break=tie_break, size_ranges=ranges, **rule)
+    assigner = PointAssigner(tie_break=tie_break, size_ranges=ranges, inside_strict=strict, **rule)
     num_points = sum(h * w for h, w in GRID)
-    for seed in range(14):
+    for seed in range(0, 14, 3):
         offset = 0.5 if seed % 2 == 0 else 0.0
         dtype = torch.float64 if seed % 5 == 4 else torch.float32
-        boxes = random_scene(seed, offset, dtype)
+        scenes = [random_scene(seed + k, offset, dtype) for k in range(3)]
         with mock.patch.object(PointAssigner, "__call__", side_effect=AssertionError("dense")):
-            matched, candidates = assigner.assign_grid(GRID, STRIDES, offset, Boxes(boxes))
-        expected_matched, expected_candidates = dense(assigner, boxes, offset)
+            matched, candidates = sparse(assigner, scenes, offset)
         assert matched.dtype == candidates.dtype == torch.long
-        assert matched.shape == candidates.shape == (num_points,)
-        assert torch.equal(candidates, expected_candidates), seed
-        assert torch.equal(matched, expected_matched), seed
+        assert matched.shape == candidates.shape == (3, num_points)
+        for img, boxes in enumerate(scenes):
+            expected_matched, expected_candidates = dense(assigner, boxes, offset)
+            assert torch.equal(candidates[img], expected_candidates), (seed, img)
+            assert torch.equal(matched[img], expected_matched), (seed, img)
 
 
 def test_random_scenes_exercise_the_corner_cases():
@@ -124,11 +143,55 @@ def test_random_scenes_exercise_the_corner_cases():
         counts["piou_tie"] += int((((piou == best) & inside).sum(dim=1) >= 2).sum())
         counts["outside"] += int(((boxes[:, :2] < 0) | (boxes[:, 2:] > 130)).any(dim=1).sum())
         counts["no_point"] += int((inside.sum(dim=0) == 0).sum())
-        matched, candidates = base.assign_grid(GRID, STRIDES, offset, Boxes(boxes))
+        matched, candidates = sparse1(base, boxes, offset)
         counts["cand"] += int((candidates >= 0).sum())
         counts["pos"] += int((matched >= 0).sum())
     assert all(v > 0 for v in counts.values()), counts
     assert counts["pos"] < counts["cand"], counts  # the Pseudo-IoU rule removes some
+
+
+def test_points_of_another_offset_are_used_as_given():
+    """Detectron2's generator rounds (j * s + 0.7 * s) differently from (j + 0.7) * s: the
+    assignment measures from the given points (one source of truth), so it equals the dense
+    assignment on exactly those points."""
+    feats = [torch.zeros(1, 1, h, w) for h, w in GRID]
+    centers = Boxes.cat(build_point_generator(STRIDES, 0.7)(feats)).get_centers()
+    assert not torch.equal(centers, grid_points(GRID, STRIDES, 0.7))
+    assigner = PointAssigner(size_ranges=size_ranges_from_sizes(SIZES_OF_INTEREST))
+    scenes = [random_scene(seed, 0.5) for seed in (1, 2, 3)]
+    matched, candidates = sparse(assigner, scenes, 0.7, points=centers)
+    for img, boxes in enumerate(scenes):
+        expected = dense(assigner, boxes, 0.7, points=centers)
+        assert torch.equal(matched[img], expected[0]) and torch.equal(candidates[img], expected[1])
+
+
+def test_level_ranges_skip_the_boxes_that_cannot_match_a_level():
+    """A 500-px box has no P3 candidate cell enumerated (its in-box P3 points all have
+    max(l, t, r, b) >= 250 > 64), and the pairs kept equal the dense filter."""
+    grid, strides = [(100, 100), (50, 50), (25, 25), (13, 13), (7, 7)], [8, 16, 32, 64, 128]
+    ranges = torch.tensor(size_ranges_from_sizes([64, 128, 256, 512]), dtype=torch.float32)
+    boxes = torch.tensor([[100.0, 100.0, 600.0, 600.0], [10.0, 20.0, 50.0, 44.0]])
+    enumerated = []
+    real = torch.repeat_interleave
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        enumerated.append(out.shape[0])
+        return out
+
+    with mock.patch.object(torch, "repeat_interleave", side_effect=counting):
+        pairs = inbox_pairs(boxes, grid, strides, 0.5, level_ranges=ranges)
+    unfiltered = inbox_pairs(boxes, grid, strides, 0.5)
+    level_ends = torch.cumsum(torch.tensor([h * w for h, w in grid]), 0)
+    level = torch.bucketize(unfiltered.loc_idx, level_ends, right=True)
+    far = unfiltered.ltrb.max(dim=1).values
+    ok = (far >= ranges[level, 0]) & (far <= ranges[level, 1])
+    assert torch.equal(pairs.gt_idx, unfiltered.gt_idx[ok])
+    assert torch.equal(pairs.loc_idx, unfiltered.loc_idx[ok])
+    assert torch.equal(pairs.ltrb, unfiltered.ltrb[ok])
+    # The big box: P3 (62 x 62 = 3844 in-box points) is not enumerated at all.
+    assert int(((unfiltered.gt_idx == 0) & (level == 0)).sum()) == 62 * 62
+    assert enumerated == [enumerated[0]] and enumerated[0] < 62 * 62
 
 
 def test_dense_min_and_max_return_the_first_extremal_index():
@@ -161,9 +224,9 @@ def test_ties_go_to_the_lowest_box_index():
         five_levels = size_ranges_from_sizes([64, 128, 256, 512])
         assigner = PointAssigner(tie_break=tie_break, size_ranges=five_levels)
         with pytest.raises(ValueError, match="5 size ranges .* for 1 feature levels"):
-            assigner.assign_grid(grid, strides, 0.5, Boxes(boxes))
+            sparse1(assigner, boxes, 0.5, grid, strides)
         assigner = PointAssigner(assigner="all_in_box", tie_break=tie_break, size_ranges=None)
-        _, candidates = assigner.assign_grid(grid, strides, 0.5, Boxes(boxes))
+        _, candidates = sparse1(assigner, boxes, 0.5, grid, strides)
         assert torch.equal(candidates, dense(assigner, boxes, 0.5, grid, strides)[1])
         at = lambda x, y: int(candidates[(y - 4) // 8 * 8 + (x - 4) // 8])  # noqa: E731
         assert at(52, 52) == 3  # equal area / equal Pseudo-IoU: the lower index
@@ -181,47 +244,13 @@ def test_strict_edges_and_tiny_boxes():
     contains none."""
     assigner = PointAssigner(assigner="all_in_box", size_ranges=None)
     boxes = torch.tensor([[4.0, 4.0, 28.0, 20.0], [13.0, 21.0, 16.0, 24.0]])
-    matched, candidates = assigner.assign_grid([(4, 4)], [8], 0.5, Boxes(boxes))
+    matched, candidates = sparse1(assigner, boxes, 0.5, [(4, 4)], [8])
     expected = torch.full((16,), -1)
     expected[[5, 6]] = 0  # (12, 12), (20, 12)
     assert torch.equal(candidates, expected) and torch.equal(matched, expected)
     loose = PointAssigner(assigner="all_in_box", size_ranges=None, inside_strict=False)
-    matched, _ = loose.assign_grid([(4, 4)], [8], 0.5, Boxes(boxes))
+    matched, _ = sparse1(loose, boxes, 0.5, [(4, 4)], [8])
     assert int((matched == 0).sum()) == 4 * 3  # x in {4..28}, y in {4, 12, 20}
-
-
-@pytest.mark.parametrize("tie_break", ["min_area", "max_pseudo_iou"])
-def test_inside_strict_false_runs_dense_and_agrees(tie_break):
-    assigner = PointAssigner(
-        inside_strict=False,
-        tie_break=tie_break,
-        size_ranges=size_ranges_from_sizes(SIZES_OF_INTEREST),
-    )
-    strict = PointAssigner(tie_break=tie_break, size_ranges=assigner.size_ranges)
-    differs = False
-    for seed in (1, 2, 3, 4, 7):
-        boxes = random_scene(seed, 0.5)
-        with mock.patch.object(
-            assignment_module, "inbox_pairs", side_effect=AssertionError("sparse")
-        ), mock.patch.object(
-            PointAssigner, "__call__", autospec=True, side_effect=PointAssigner.__call__
-        ) as dense_call:
-            matched, candidates = assigner.assign_grid(GRID, STRIDES, 0.5, Boxes(boxes))
-        assert dense_call.call_count == 1
-        expected = dense(assigner, boxes, 0.5)
-        assert torch.equal(matched, expected[0]) and torch.equal(candidates, expected[1])
-        strict_candidates = strict.assign_grid(GRID, STRIDES, 0.5, Boxes(boxes))[1]
-        differs |= not torch.equal(candidates, strict_candidates)
-    assert differs  # points on the sides of the snapped boxes make a difference somewhere
-
-
-def test_non_finite_boxes_run_dense():
-    assigner = PointAssigner(assigner="all_in_box", size_ranges=None)
-    boxes = torch.tensor([[8.0, 8.0, 40.0, 40.0], [0.0, 0.0, float("inf"), 30.0]])
-    expected = dense(assigner, boxes, 0.5)
-    with mock.patch.object(assignment_module, "inbox_pairs", side_effect=AssertionError):
-        got = assigner.assign_grid(GRID, STRIDES, 0.5, Boxes(boxes))
-    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 def test_inbox_pairs_lives_in_anchor_free_only():
@@ -255,11 +284,12 @@ def test_training_forward_uses_the_sparse_assignment(model):
     ) as grid_call, EventStorage() as storage:
         losses = model(batch)
         num_pos = storage.latest()["pseudo_iou/num_pos_per_image"][0]
-    assert grid_call.call_count == 2  # once per image
-    _, grid_sizes, strides, offset, _ = grid_call.call_args_list[0].args
+    assert grid_call.call_count == 1  # once per batch
+    _, points, grid_sizes, strides, offset, boxes = grid_call.call_args_list[0].args
+    assert points.shape == (64 + 16 + 4 + 1 + 1, 2)
     assert grid_sizes == [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
-    assert strides == [8, 16, 32, 64, 128] and offset == 0.5
-    assert sparse_pairs.call_count == 1  # the image with boxes
+    assert strides == [8, 16, 32, 64, 128] and offset == 0.5 and len(boxes) == 2
+    assert sparse_pairs.call_count == 1
     assert num_pos > 0 and all(torch.isfinite(v) for v in losses.values())
 
 
@@ -284,7 +314,7 @@ def test_label_points_equals_the_dense_assignment(model, seed):
         assert torch.equal(targets.candidate_idxs[img], candidates)
 
 
-def test_label_points_checks_grid_sizes_and_falls_back_off_grid(model):
+def test_label_points_checks_grid_sizes_and_uses_the_given_points(model):
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
     feats = [torch.zeros(1, 1, h, w) for h, w in sizes]
     points = model.point_generator(feats)
@@ -292,9 +322,9 @@ def test_label_points_checks_grid_sizes_and_falls_back_off_grid(model):
     with pytest.raises(ValueError, match=r"do not match the feature grids .*\(4, 8\)"):
         model.label_points(points, gt, [(4, 8)] + sizes[1:])
     # Points of another offset (Detectron2 rounds 0.7 * s differently from (j + 0.7) * s): the
-    # grid formula does not give them, so the dense assignment runs on the given points.
+    # same sparse path, measuring from the given points; no dense assignment.
     other = build_point_generator(model.strides, 0.7)(feats)
-    with mock.patch.object(PointAssigner, "assign_grid", side_effect=AssertionError("sparse")):
+    with mock.patch.object(PointAssigner, "__call__", side_effect=AssertionError("dense")):
         targets = model.label_points(other, gt, sizes)
     centers = Boxes.cat(other).get_centers()
     matched, _ = model.assigner(centers, [len(p) for p in other], gt[0].gt_boxes)
