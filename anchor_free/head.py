@@ -126,7 +126,9 @@ class AnchorFreeHead(nn.Module):
         if len(features) != len(self.scales):
             raise ValueError(f"Head built for {len(self.scales)} levels, got {len(features)}")
         cls_logits, box_ltrb, quality_logits = [], [], []
-        for feature, scale in zip(features, self.scales):
+        # enumerate over the ModuleList, not zip: TorchScript needs a static length.
+        for level, scale in enumerate(self.scales):
+            feature = features[level]
             cls_feature = self.cls_tower(feature)
             box_feature = self.box_tower(feature)
             cls_logits.append(self.cls_score(cls_feature))

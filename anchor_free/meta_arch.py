@@ -22,7 +22,6 @@ from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec, batched_nms
 from detectron2.modeling.backbone import Backbone, build_backbone
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
-from detectron2.modeling.box_regression import Box2BoxTransformLinear
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 
@@ -36,6 +35,54 @@ __all__ = [
 
 
 _Method = TypeVar("_Method", bound=Callable)
+
+
+class PointBoxTransform:
+    """
+    Detectron2's ``Box2BoxTransformLinear(normalize_by_size=True)`` (FCOS's ltrb distances in
+    units of the point's stride-sized square box), the same arithmetic as on Detectron2 main
+    (``detectron2/modeling/box_regression.py``), written so that TorchScript compiles it when
+    the detector is scripted (the original calls ``torch.stack(..., axis=1)``, which it cannot).
+    """
+
+    def __init__(self):
+        pass
+
+    def get_deltas(self, src_boxes: Tensor, target_boxes: Tensor) -> Tensor:
+        """(R, 4) square point boxes and (R, 4) XYXY targets -> (R, 4) ltrb / stride."""
+        src_ctr_x = 0.5 * (src_boxes[:, 0] + src_boxes[:, 2])
+        src_ctr_y = 0.5 * (src_boxes[:, 1] + src_boxes[:, 3])
+        deltas = torch.stack(
+            (
+                src_ctr_x - target_boxes[:, 0],
+                src_ctr_y - target_boxes[:, 1],
+                target_boxes[:, 2] - src_ctr_x,
+                target_boxes[:, 3] - src_ctr_y,
+            ),
+            dim=1,
+        )
+        stride_w = src_boxes[:, 2] - src_boxes[:, 0]
+        stride_h = src_boxes[:, 3] - src_boxes[:, 1]
+        return deltas / torch.stack([stride_w, stride_h, stride_w, stride_h], dim=1)
+
+    def apply_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
+        """(R, 4) ltrb / stride (ReLU'd) and (R, 4) point boxes -> (R, 4) XYXY pixels."""
+        deltas = torch.relu(deltas)
+        boxes = boxes.to(deltas.dtype)
+        ctr_x = 0.5 * (boxes[:, 0] + boxes[:, 2])
+        ctr_y = 0.5 * (boxes[:, 1] + boxes[:, 3])
+        stride_w = boxes[:, 2] - boxes[:, 0]
+        stride_h = boxes[:, 3] - boxes[:, 1]
+        deltas = deltas * torch.stack([stride_w, stride_h, stride_w, stride_h], dim=1)
+        return torch.stack(
+            (
+                ctr_x - deltas[:, 0],
+                ctr_y - deltas[:, 1],
+                ctr_x + deltas[:, 2],
+                ctr_y + deltas[:, 3],
+            ),
+            dim=1,
+        )
 
 
 def autocast_disabled(method: _Method) -> _Method:
@@ -153,8 +200,9 @@ def check_ground_truth(gt_instances: List[Instances], num_classes: int) -> None:
 class AnchorFreeDetector(DenseDetector):
     """
     Base of both meta-architectures. Box regression is ltrb distances in units of the level's
-    stride, decoded by ``Box2BoxTransformLinear(normalize_by_size=True)`` around the points
-    (stride-sized anchors), so ``box2box_transform.apply_deltas(ltrb, anchors)`` gives pixels.
+    stride, decoded by :class:`PointBoxTransform` (Detectron2's
+    ``Box2BoxTransformLinear(normalize_by_size=True)``) around the points (stride-sized anchors),
+    so ``box2box_transform.apply_deltas(ltrb, anchors)`` gives pixels.
 
     Inference attributes, read at every call (set them on a built model to change inference):
     ``test_score_thresh``, ``test_topk_candidates``, ``test_nms_thresh``,
@@ -204,7 +252,7 @@ class AnchorFreeDetector(DenseDetector):
         )
         self.point_generator = point_generator
         self.num_classes = num_classes
-        self.box2box_transform = Box2BoxTransformLinear(normalize_by_size=True)
+        self.box2box_transform = PointBoxTransform()
         # The names of Detectron2's RetinaNet / FCOS attributes.
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
@@ -325,19 +373,20 @@ class AnchorFreeDetector(DenseDetector):
         then, over the levels, clipping to ``image_size`` if ``clip_boxes_before_nms``,
         class-aware NMS at ``test_nms_thresh`` and the ``max_detections_per_image`` best.
         """
-        pred = Instances.cat(
-            [
-                self._decode_per_level_predictions(
-                    points_l,
-                    scores_l,
-                    ltrb_l,
-                    self.decode_score_thresh,
-                    self.test_topk_candidates,
-                    image_size,
-                )
-                for points_l, scores_l, ltrb_l in zip(points, scores, box_ltrb)
-            ]
-        )
+        # predictions[0].cat, not Instances.cat: TorchScript compiles the former (Detectron2's
+        # DenseDetector._decode_multi_level_predictions does the same).
+        per_level = [
+            self._decode_per_level_predictions(
+                points_l,
+                scores_l,
+                ltrb_l,
+                self.decode_score_thresh,
+                self.test_topk_candidates,
+                image_size,
+            )
+            for points_l, scores_l, ltrb_l in zip(points, scores, box_ltrb)
+        ]
+        pred = per_level[0].cat(per_level)
         if self.clip_boxes_before_nms:
             pred.pred_boxes.clip(image_size)
         keep = batched_nms(

@@ -10,12 +10,20 @@ Export Pseudo-IoU and AutoAssign for deployment through Detectron2's export API,
   ``ResizeShortestEdge``), of any height and width; it returns the flattened ``Instances`` of the
   eager ``model([{"image": image}])[0]["instances"]``: ``pred_boxes`` (R, 4) XYXY pixels,
   ``pred_classes`` (R,) int64, ``scores`` (R,), ``image_size`` (2,) int64 (their order is stored
-  with the model: :data:`OUTPUT_NAMES_FILE` in the TorchScript archive, the output names in ONNX).
-- **scripting** (``detectron2.export.scripting_with_instances``): see
-  :func:`export_scripting` for why it fails on these models, with the reason.
+  with the model: :data:`EXPORT_INFO_FILE` in the TorchScript archive, the output names in ONNX).
+- **scripting** (``detectron2.export.scripting_with_instances``, TorchScript only): the scripted
+  model takes ``({"image": image},)`` and returns, per image, a dict of ``pred_boxes``,
+  ``scores``, ``pred_classes`` before Detectron2's ``detector_postprocess`` (which
+  ``DenseDetector.forward`` skips when scripting); :func:`load_exported` applies it.
+
+What made the models scriptable (each found by compiling): no ``zip`` over the head's
+``nn.ModuleList`` (``AnchorFreeHead.forward``), no ``torch.finfo``
+(``PseudoIoU.inference_scores``), and in ``AnchorFreeDetector`` ``predictions[0].cat`` instead
+of ``Instances.cat`` and ``anchor_free.meta_arch.PointBoxTransform`` instead of Detectron2's
+``Box2BoxTransformLinear`` (same arithmetic; the latter does not compile).
 
 On Detectron2 v0.6, ``detectron2/export/__init__.py`` imports ``api.py``, which imports caffe2
-(gone from PyTorch since 1.10 wheels), so ``import detectron2.export`` fails there.
+(which current PyTorch does not ship), so ``import detectron2.export`` fails there.
 ``flatten.py`` (``TracingAdapter``) and ``torchscript.py`` (``scripting_with_instances``) need
 no caffe2: :func:`detectron2_export_api` then loads these two files of the installed
 Detectron2 under a private package name, without running that ``__init__``.
@@ -39,6 +47,7 @@ from torch import Tensor, nn
 import detectron2.data.transforms as T
 from detectron2.config import CfgNode
 from detectron2.data.detection_utils import read_image
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 __all__ = [
@@ -78,8 +87,9 @@ ONNX_SCORE_TOL = 1e-5
 # candidates scoring below ~1e-7 exist in one model only. They never change a higher detection
 # (top-k and NMS go by decreasing score), so comparisons ignore detections at or below this.
 ONNX_MIN_SCORE = 1e-6
-# The names of a traced TorchScript model's outputs, stored in its archive (``_extra_files``).
-OUTPUT_NAMES_FILE = "output_names.json"
+# How a TorchScript archive was made ({"method": "tracing" or "scripting", "output_names": the
+# traced model's outputs in order}), stored in the archive (``torch.jit.save``'s ``_extra_files``).
+EXPORT_INFO_FILE = "export.json"
 FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx"}
 _PRIVATE_EXPORT_PACKAGE = "anchor_free_app._detectron2_export"
 
@@ -249,7 +259,8 @@ def export_tracing(model: nn.Module, image: Tensor, fmt: str, path: str) -> List
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if fmt == "torchscript":
             traced = torch.jit.trace(adapter, (image,))
-            torch.jit.save(traced, path, _extra_files={OUTPUT_NAMES_FILE: json.dumps(names)})
+            info = {"method": "tracing", "output_names": names}
+            torch.jit.save(traced, path, _extra_files={EXPORT_INFO_FILE: json.dumps(info)})
         else:
             _export_onnx(adapter, image, path, names)
     return names
@@ -291,24 +302,12 @@ class _ScriptableAdapter(nn.Module):
         return [i.get_fields() for i in instances]
 
 
-# What TorchScript's compiler stops at, in this order (each found by working around the ones
-# before it): AnchorFreeHead.forward's loop over an nn.ModuleList zipped with a list,
-# PseudoIoU.inference_scores' torch.finfo, AnchorFreeDetector.inference_single_image's
-# Instances.cat (a classmethod; Detectron2's own decode calls predictions[0].cat), and Detectron2's
-# Box2BoxTransformLinear, a plain Python class that does not compile as a TorchScript class either
-# (torch.stack(..., axis=1) in detectron2/modeling/box_regression.py).
-SCRIPTING_BLOCKERS = (
-    "zip(features, self.scales) over an nn.ModuleList in AnchorFreeHead.forward; torch.finfo "
-    "in PseudoIoU.inference_scores; Instances.cat in AnchorFreeDetector.inference_single_image; "
-    "Detectron2's Box2BoxTransformLinear, which TorchScript cannot compile"
-)
-
-
 def export_scripting(model: nn.Module, path: str) -> None:
     """
-    ``scripting_with_instances`` on the model, as Detectron2's ``export_scripting``. The models
-    are not scriptable (:data:`SCRIPTING_BLOCKERS`): this raises :class:`ExportError` naming
-    TorchScript's error and the route that works (tracing: TorchScript or ONNX, any image size).
+    ``scripting_with_instances`` on the model (eval mode), as Detectron2's ``export_scripting``;
+    see the module docstring for what the scripted model returns. A model TorchScript cannot
+    compile raises :class:`ExportError` with TorchScript's first error line and the route that
+    works for any model (tracing, TorchScript or ONNX, any image size).
     """
     api = detectron2_export_api()
     fields = {"pred_boxes": Boxes, "scores": Tensor, "pred_classes": Tensor}
@@ -319,11 +318,11 @@ def export_scripting(model: nn.Module, path: str) -> None:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(
             f"--export-method scripting cannot export {type(model).__name__}: TorchScript "
-            f"fails with {type(e).__name__}: {first_line} (known blockers: {SCRIPTING_BLOCKERS}). "
-            "Use --export-method tracing (TorchScript or ONNX; the traced model takes images "
-            "of any size)."
+            f"fails with {type(e).__name__}: {first_line}. Use --export-method tracing "
+            "(TorchScript or ONNX; the traced model takes images of any size)."
         ) from e
-    torch.jit.save(scripted, path)
+    info = {"method": "scripting", "output_names": sorted(fields)}
+    torch.jit.save(scripted, path, _extra_files={EXPORT_INFO_FILE: json.dumps(info)})
 
 
 def export_model(
@@ -372,19 +371,27 @@ def instances_from_outputs(outputs: Dict[str, Tensor]) -> Instances:
 
 class _TorchScriptDetector:
     def __init__(self, path: str):
-        extra = {OUTPUT_NAMES_FILE: ""}
+        extra = {EXPORT_INFO_FILE: ""}
         self.module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
-        if not extra[OUTPUT_NAMES_FILE]:
+        if not extra[EXPORT_INFO_FILE]:
             raise ExportError(
-                f"{path} has no {OUTPUT_NAMES_FILE}: not written by export_tracing (a scripted "
-                "model returns a list of dicts instead)"
+                f"{path} has no {EXPORT_INFO_FILE}: it was not written by "
+                "anchor_free_app.export (tools/export_model.py)"
             )
-        self.names = json.loads(extra[OUTPUT_NAMES_FILE])
+        info = json.loads(extra[EXPORT_INFO_FILE])
+        self.method = info["method"]
+        self.names = info["output_names"]
 
     def __call__(self, image: Tensor) -> Instances:
         with torch.no_grad():
-            outputs = self.module(image)
-        return instances_from_outputs(dict(zip(self.names, outputs)))
+            if self.method == "tracing":
+                return instances_from_outputs(dict(zip(self.names, self.module(image))))
+            fields = self.module(({INPUT_NAME: image},))[0]
+        # The scripted model stops before DenseDetector.forward's post-processing: at the input
+        # resolution, detector_postprocess clips the boxes and drops the empty ones.
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        instances = instances_from_outputs({**fields, "image_size": torch.tensor([height, width])})
+        return detector_postprocess(instances, height, width)
 
 
 class _OnnxDetector:
@@ -411,8 +418,8 @@ class _OnnxDetector:
 
 
 def load_exported(path: str) -> Callable[[Tensor], Instances]:
-    """A callable that runs the traced model at ``path`` (model.ts or model.onnx) on the CPU:
-    (C, H, W) float32 image -> Instances (as :func:`eager_detections`)."""
+    """A callable that runs the exported model at ``path`` (model.ts, traced or scripted, or
+    model.onnx) on the CPU: (C, H, W) float32 image -> Instances (as :func:`eager_detections`)."""
     if path.endswith(".onnx"):
         return _OnnxDetector(path)
     return _TorchScriptDetector(path)

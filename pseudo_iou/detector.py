@@ -401,7 +401,9 @@ class PseudoIoU(AnchorFreeDetector):
         cls_prob = cls_logits.sigmoid()
         keep = cls_prob > self.test_score_thresh
         scores = cls_prob if quality_logits is None else cls_prob * quality_logits.sigmoid()
-        scores = scores.clamp(min=torch.finfo(scores.dtype).tiny)
+        # torch.finfo(torch.float32).tiny (scores are float32 here, see forward_inference) as a
+        # literal: TorchScript compiles neither torch.finfo nor a global float.
+        scores = scores.clamp(min=1.1754943508222875e-38)
         return torch.where(keep, scores, torch.zeros_like(scores))
 
 

@@ -1,11 +1,13 @@
-"""Export (``anchor_free_app/export.py``, ``tools/export_model.py``): the traced TorchScript and
-ONNX models of both detectors give the eager model's detections on images of other sizes than the
-traced one (TorchScript to 1e-5 px, measured exact; ONNX Runtime within 1e-3 px and 1e-5 in score,
-measured 2.5e-4 and 9.5e-7), on Detectron2 v0.6 and main; the routes that cannot work (scripting,
-scripting to ONNX) fail with the reason and the route that works."""
+"""Export (``anchor_free_app/export.py``, ``tools/export_model.py``): the traced and the scripted
+TorchScript models and the traced ONNX model of both detectors give the eager model's detections
+on images of other sizes than the traced one (TorchScript to 1e-5 px, measured exact; ONNX Runtime
+within 1e-3 px and 1e-5 in score, measured 2.5e-4 and 9.5e-7), on Detectron2 v0.6 and main; the
+routes that cannot work (scripting to ONNX, a model TorchScript cannot compile) fail with the
+reason and the route that works."""
 import importlib.util
 import json
 import os
+from typing import Dict, Tuple
 
 import pytest
 import torch
@@ -127,11 +129,26 @@ def test_compare_detections_finds_a_moved_box_and_a_missing_one():
     assert parity.ok()
 
 
-def test_scripting_fails_with_the_reason_and_the_route_that_works(tmp_path):
-    model = _model("AutoAssign")
-    expected = "TorchScript fails with .*known blockers.*--export-method tracing"
+def test_scripted_torchscript_equals_eager_on_other_sizes(detector, tmp_path):
+    name, model, _ = detector
+    path = export.export_model(model, None, str(tmp_path), "torchscript", "scripting")
+    exported = export.load_exported(path)
+    assert exported.method == "scripting"
+    _check_parity(model, exported, box_tol=1e-5, score_tol=1e-6)
+
+
+class _NotScriptable(nn.Module):
+    """A model TorchScript cannot compile (a Python set)."""
+
+    def forward(self, inputs: Tuple[Dict[str, torch.Tensor]]):
+        return [{"x": x["image"] * len({1, 2})} for x in inputs]
+
+
+def test_routes_that_cannot_work_fail_with_the_reason_and_the_route_that_works(tmp_path):
+    expected = "cannot export _NotScriptable: TorchScript fails with .*--export-method tracing"
     with pytest.raises(export.ExportError, match=expected):
-        export.export_model(model, None, str(tmp_path), "torchscript", "scripting")
+        export.export_model(_NotScriptable(), None, str(tmp_path), "torchscript", "scripting")
+    model = _model("AutoAssign")
     with pytest.raises(export.ExportError, match="ONNX needs --export-method tracing"):
         export.export_model(model, None, str(tmp_path), "onnx", "scripting")
     with pytest.raises(ValueError, match="--format must be one of"):
@@ -174,19 +191,27 @@ def _run_command(argv):
 
 
 @pytest.mark.parametrize(
-    "fmt", ["torchscript", pytest.param("onnx", marks=needs_onnxruntime)]
+    "fmt, method",
+    [
+        ("torchscript", "tracing"),
+        pytest.param("onnx", "tracing", marks=needs_onnxruntime),
+        ("torchscript", "scripting"),
+    ],
 )
-def test_command_exports_a_checkpoint_and_checks_other_sizes(fmt, tmp_path, one_torch_thread):
+def test_command_exports_a_checkpoint_and_checks_other_sizes(
+    fmt, method, tmp_path, one_torch_thread
+):
     weights = tmp_path / "model.pth"
     torch.save({"model": _model("PseudoIoU").state_dict()}, weights)
     out = tmp_path / "out"
     config = os.path.join(REPO_ROOT, CONFIGS["PseudoIoU"][0])
-    argv = ["--config-file", config, "--format", fmt, "--output", str(out),
-            "--check-sizes", "96x128,75x130", *_opts("PseudoIoU"), "MODEL.WEIGHTS", str(weights)]
+    argv = ["--config-file", config, "--format", fmt, "--export-method", method,
+            "--output", str(out), "--check-sizes", "96x128,75x130", *_opts("PseudoIoU"),
+            "MODEL.WEIGHTS", str(weights)]
     assert _run_command(argv) == 0
     assert (out / export.FILE_NAMES[fmt]).is_file()
     summary = json.loads((out / "parity.json").read_text())
-    assert summary["traced_size"] == list(TRACE_SIZE)
+    assert summary["traced_size"] == (list(TRACE_SIZE) if method == "tracing" else None)
     assert [tuple(r["image_size"]) for r in summary["images"]] == [(96, 128), (75, 130)]
     assert all(r["num_reference"] > 0 and r["unmatched_reference"] == 0 for r in summary["images"])
 
@@ -194,7 +219,8 @@ def test_command_exports_a_checkpoint_and_checks_other_sizes(fmt, tmp_path, one_
 def test_command_errors(tmp_path):
     config = os.path.join(REPO_ROOT, CONFIGS["AutoAssign"][0])
     base = ["--config-file", config, "--output", str(tmp_path)]
-    assert _run_command(base + ["--export-method", "scripting"] + _opts("AutoAssign")) == 2
+    argv = base + ["--export-method", "scripting", "--format", "onnx"] + _opts("AutoAssign")
+    assert _run_command(argv) == 2
     with pytest.raises(FileNotFoundError, match="--sample-image not found: nope.png"):
         _run_command(base + ["--sample-image", "nope.png"] + _opts("AutoAssign"))
     with pytest.raises(SystemExit):

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """
-Export a Pseudo-IoU or AutoAssign model to TorchScript or ONNX (Detectron2's
-``tools/deploy/export_model.py`` for these detectors), then check the exported model against the
-eager one on generated images of other sizes than the traced one:
+Export a Pseudo-IoU or AutoAssign model to TorchScript (tracing or scripting) or ONNX (tracing),
+as Detectron2's ``tools/deploy/export_model.py`` does for its models, then check the exported
+model against the eager one on generated images of other sizes than the traced one:
 
     python tools/export_model.py --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml \
         --format onnx --output export/pseudo_iou \
@@ -78,8 +78,8 @@ def get_parser() -> argparse.ArgumentParser:
         type=parse_sizes,
         default=None,
         metavar="HxW[,HxW...]",
-        help="image sizes on which to compare exported and eager outputs (default: the traced "
-        "size transposed, and 1.5 times it)",
+        help="image sizes on which to compare exported and eager outputs (default: the sample "
+        "image's size transposed, and 1.5 times it)",
     )
     parser.add_argument("--no-check", action="store_true", help="export only")
     # Defaults: ONNX Runtime's measured differences with a margin (anchor_free_app/export.py);
@@ -155,9 +155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights")
     model.eval()
 
-    image = None
+    image = sample_input(cfg, args.sample_image)  # traced; its size sets the default checks
     if args.export_method == "tracing":
-        image = sample_input(cfg, args.sample_image)
         logger.info(f"Tracing on a {tuple(image.shape[1:])} image")
     try:
         path = export_model(model, image, args.output, args.format, args.export_method)
@@ -166,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     logger.info(f"Wrote {path}")
 
-    if args.export_method != "tracing" or args.no_check:
+    if args.no_check:
         return 0
     sizes = args.check_sizes
     if sizes is None:
@@ -174,7 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reports = check_parity(model, path, sizes, args.box_tol, args.score_tol, args.min_score)
     summary = {
         "format": args.format,
-        "traced_size": list(image.shape[1:]),
+        "export_method": args.export_method,
+        "traced_size": list(image.shape[1:]) if args.export_method == "tracing" else None,
         "box_tol": args.box_tol,
         "score_tol": args.score_tol,
         "min_score": args.min_score,
