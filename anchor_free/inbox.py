@@ -166,25 +166,38 @@ def inbox_pairs(
         counts = counts * possible
     counts = counts.reshape(-1)  # (G * levels,)
     # One block of candidates per (object, level), object-major: blocks come out in the order
-    # (object, level, row, column), i.e. sorted by (object, location index).
+    # (object, level, row, column), i.e. sorted by (object, location index). Per candidate:
+    # its block's first candidate, row length, first location, grid width and level, each
+    # repeated over the block (repeat_interleave with output_size: no further synchronisation).
     block = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts)
-    block_start = torch.cumsum(counts, 0) - counts
-    k = torch.arange(block.shape[0], device=device) - block_start[block]
+    num_candidates = block.shape[0]
+
+    def per_candidate(per_block: Tensor) -> Tensor:
+        return torch.repeat_interleave(per_block.reshape(-1), counts, output_size=num_candidates)
+
+    first_loc = level_start + i_lo * width + j_lo  # (G, levels)
+    k = torch.arange(num_candidates, device=device) - per_candidate(torch.cumsum(counts, 0) - counts)
+    row_length = per_candidate(n_x)
+    row = torch.div(k, row_length, rounding_mode="floor")
+    loc_idx = per_candidate(first_loc) + row * per_candidate(width.expand_as(first_loc))
+    loc_idx += k - row * row_length
+    level = per_candidate(torch.arange(num_levels, device=device).expand_as(first_loc))
     gt_idx = torch.div(block, num_levels, rounding_mode="floor")
-    level = block - gt_idx * num_levels
-    n_x = n_x.reshape(-1)[block]
-    row = torch.div(k, n_x, rounding_mode="floor")
-    i = i_lo.reshape(-1)[block] + row
-    j = j_lo.reshape(-1)[block] + (k - row * n_x)
-    loc_idx = level_start[level] + i * width[level] + j
     # The dense distances' dtype (Detectron2's pairwise_point_box_distance promotes).
     work_dtype = torch.promote_types(points.dtype, dtype)
-    xy = points[loc_idx].to(work_dtype)
-    boxes = gt_boxes[gt_idx].to(work_dtype)
+    xy = points.index_select(0, loc_idx).to(work_dtype)
+    boxes = gt_boxes.index_select(0, gt_idx).to(work_dtype)
     ltrb = torch.cat([xy - boxes[:, :2], boxes[:, 2:] - xy], dim=1)
-    keep = ltrb.min(dim=1).values > 0 if strict else ltrb.min(dim=1).values >= 0
+    nearest = ltrb.min(dim=1).values
+    keep = nearest > 0 if strict else nearest >= 0
     if level_ranges is not None:
         farthest = ltrb.max(dim=1).values
-        keep &= (farthest >= level_ranges[level, 0]) & (farthest <= level_ranges[level, 1])
+        bounds = level_ranges.index_select(0, level)
+        keep &= (farthest >= bounds[:, 0]) & (farthest <= bounds[:, 1])
     kept = keep.nonzero()[:, 0]  # one synchronisation; long indices below do not synchronise
-    return InboxPairs(gt_idx[kept], loc_idx[kept], ltrb[kept], stride[level[kept]])
+    return InboxPairs(
+        gt_idx.index_select(0, kept),
+        loc_idx.index_select(0, kept),
+        ltrb.index_select(0, kept),
+        stride.index_select(0, level.index_select(0, kept)),
+    )

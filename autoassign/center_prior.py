@@ -68,8 +68,8 @@ class CenterPrior(nn.Module):
         if self.mu is None:
             return offsets.new_ones(offsets.shape[0])
         rows = labels if self.mu.shape[0] > 1 else torch.zeros_like(labels)
-        mu = self.mu[rows]  # (M, 2)
-        sigma = self.sigma[rows]  # (M, 2)
+        mu = self.mu.index_select(0, rows)  # (M, 2)
+        sigma = self.sigma.index_select(0, rows)  # (M, 2)
         return torch.exp(-((offsets - mu) ** 2) / (2 * sigma**2)).prod(dim=1)
 
     def zero_grad_term(self, like: Tensor) -> Tensor:

@@ -124,7 +124,7 @@ def positive_terms(
     else:
         weight = torch.ones_like(p_pos)
     denom = p_pos.new_zeros(num_gt).index_add(0, gt_idx, weight)
-    pos_weight = weight / denom[gt_idx].clamp(min=EPS)
+    pos_weight = weight / denom.index_select(0, gt_idx).clamp(min=EPS)
     bag = p_pos.new_zeros(num_gt).index_add(0, gt_idx, pos_weight * p_pos)
     has_pairs = torch.zeros(num_gt, dtype=torch.bool, device=p_pos.device)
     has_pairs[gt_idx] = True
@@ -134,7 +134,7 @@ def positive_terms(
 
 
 @torch.no_grad()
-def max_iou_over_gts(pred_boxes: Tensor, gt_boxes: Tensor, max_elements: int = 1 << 22) -> Tensor:
+def max_iou_over_gts(pred_boxes: Tensor, gt_boxes: Tensor, max_elements: int = 1 << 20) -> Tensor:
     """
     (U,) max over all G objects of IoU(object, predicted box): the values of Detectron2's
     ``pairwise_iou(Boxes(gt_boxes), Boxes(pred_boxes)).max(dim=0)`` (the same arithmetic:
@@ -157,10 +157,11 @@ def max_iou_over_gts(pred_boxes: Tensor, gt_boxes: Tensor, max_elements: int = 1
         width = (torch.minimum(px1, gx1) - torch.maximum(px0, gx0)).clamp_(min=0)
         height = (torch.minimum(py1, gy1) - torch.maximum(py0, gy0)).clamp_(min=0)
         inter = width.mul_(height)  # (U_c, G)
-        union = (pred_area + gt_area) - inter
-        # Detectron2: gt_area + pred_area (the same sum); 0 where there is no intersection.
-        iou = torch.where(inter > 0, inter / union, torch.zeros_like(inter))
-        parts.append(iou.max(dim=1).values)
+        # Detectron2: inter / (gt_area + pred_area - inter) where inter > 0, else 0. Here the
+        # union is clamped at the smallest normal float instead, which changes no value where
+        # inter > 0 (the union is >= inter > 0 there) and gives 0 / union = 0 elsewhere.
+        union = ((pred_area + gt_area) - inter).clamp_(min=torch.finfo(inter.dtype).tiny)
+        parts.append(inter.div_(union).max(dim=1).values)
     return torch.cat(parts) if parts else pred_boxes.new_zeros(0)
 
 
@@ -220,21 +221,22 @@ def negative_box_prob(
     box_image = torch.cat(
         [torch.full((c,), n, dtype=torch.long, device=device) for n, c in enumerate(counts)]
     )
-    flat_loc = box_image[gt_idx] * num_locations + loc_idx  # (M,) (image, location)
-    f = 1.0 / (1.0 - iou.view(-1)[flat_loc]).clamp(min=EPS)
+    flat_loc = box_image.index_select(0, gt_idx) * num_locations + loc_idx  # (M,)
+    f = 1.0 / (1.0 - iou.view(-1).index_select(0, flat_loc)).clamp(min=EPS)
     num_gt = gt_boxes.shape[0]
     f_min = f.new_zeros(num_gt).scatter_reduce(0, gt_idx, f, "amin", include_self=False)
     f_max = f.new_zeros(num_gt).scatter_reduce(0, gt_idx, f, "amax", include_self=False)
-    f_min, f_max = f_min[gt_idx], f_max[gt_idx]
+    f_min, f_max = f_min.index_select(0, gt_idx), f_max.index_select(0, gt_idx)
     normalized_f = (f - f_min + EPS) / (f_max - f_min + EPS)  # > 0
     # Later object wins on (image, location, class) collisions: the highest object index of
     # each key, then that pair's value (amax into zeros: the only non-zero value per key).
-    key = flat_loc * num_classes + gt_classes[gt_idx]
+    key = flat_loc * num_classes + gt_classes.index_select(0, gt_idx)
     pair_gt = gt_idx.to(torch.int32)
     winner = torch.full_like(box_prob, -1, dtype=torch.int32).scatter_reduce(
         0, key, pair_gt, "amax"
     )
-    value = torch.where(winner[key] == pair_gt, normalized_f, torch.zeros_like(normalized_f))
+    is_winner = winner.index_select(0, key) == pair_gt
+    value = torch.where(is_winner, normalized_f, torch.zeros_like(normalized_f))
     box_prob = box_prob.scatter_reduce(0, key, value, "amax")
     return box_prob.view(shape), normalized_f
 
