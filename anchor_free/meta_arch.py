@@ -230,6 +230,7 @@ class AnchorFreeDetector(DenseDetector):
         input_format: str = "BGR",
         vis_period: int = 0,
         clip_boxes_before_nms: bool = False,
+        drop_empty_boxes_before_nms: bool = False,
     ):
         """
         Args:
@@ -246,6 +247,10 @@ class AnchorFreeDetector(DenseDetector):
                 ``distance2bbox(..., max_shape)``, the Pseudo-IoU release); else boxes are only
                 clipped after NMS by Detectron2's ``detector_postprocess`` (Detectron2's
                 ``RetinaNet`` and ``FCOS``, the AutoAssign release).
+            drop_empty_boxes_before_nms: with ``clip_boxes_before_nms``, drop the boxes that
+                clipping leaves empty (boxes of points in the padding) before NMS, as
+                mmdetection 3's ``BaseDenseHead._bbox_post_process`` (``min_bbox_size`` 0);
+                else ``detector_postprocess`` drops them after NMS and the detection cap.
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
@@ -261,6 +266,7 @@ class AnchorFreeDetector(DenseDetector):
         self.input_format = input_format
         self.vis_period = vis_period
         self.clip_boxes_before_nms = clip_boxes_before_nms
+        self.drop_empty_boxes_before_nms = drop_empty_boxes_before_nms
 
     @staticmethod
     def base_kwargs_from_config(cfg: CfgNode, head_cfg: CfgNode) -> Dict:
@@ -389,6 +395,8 @@ class AnchorFreeDetector(DenseDetector):
         pred = per_level[0].cat(per_level)
         if self.clip_boxes_before_nms:
             pred.pred_boxes.clip(image_size)
+            if self.drop_empty_boxes_before_nms:
+                pred = pred[pred.pred_boxes.nonempty()]
         keep = batched_nms(
             pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
         )

@@ -27,7 +27,13 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList, Instances
 
 from .center_prior import CenterPrior
-from .config import CENTER_PRIOR_CHOICES, CONFIDENCE_CHOICES, OBJECTNESS_CHOICES, check_choice
+from .config import (
+    CENTER_PRIOR_CHOICES,
+    CONFIDENCE_CHOICES,
+    OBJECTNESS_CHOICES,
+    SCORE_THRESH_ON_CHOICES,
+    check_choice,
+)
 from .loss import (
     EPS,
     PositiveTerms,
@@ -103,12 +109,18 @@ class AutoAssign(AnchorFreeDetector):
         pixel_std: Tuple[float, ...],
         input_format: str = "BGR",
         vis_period: int = 0,
+        score_thresh_on: str = "cls_obj",
+        clip_boxes_before_nms: bool = False,
     ):
         """
         Args:
             backbone, head, head_in_features, point_generator, num_classes, test_*,
                 max_detections_per_image, pixel_mean, pixel_std, input_format, vis_period:
-                see :class:`AnchorFreeDetector`. ``head`` must return objectness logits unless
+                see :class:`AnchorFreeDetector`.
+            score_thresh_on: "cls_obj" (release: ``test_score_thresh`` on cls x obj) or "cls"
+                (mmdetection: on the class probability, the score being cls x obj).
+            clip_boxes_before_nms: clip the boxes and drop those left empty before NMS
+                (mmdetection); the release clips after NMS only. ``head`` must return objectness logits unless
                 ``objectness == "none"``.
             center_prior: the center weighting module (owns mu and sigma).
             confidence: "joint", "cls_only", "loc_only" or "none" (see ``positive_terms``).
@@ -134,8 +146,12 @@ class AutoAssign(AnchorFreeDetector):
             pixel_std=pixel_std,
             input_format=input_format,
             vis_period=vis_period,
+            clip_boxes_before_nms=clip_boxes_before_nms,
+            drop_empty_boxes_before_nms=clip_boxes_before_nms,
         )
         check_choice("confidence", confidence, CONFIDENCE_CHOICES)
+        check_choice("score_thresh_on", score_thresh_on, SCORE_THRESH_ON_CHOICES)
+        self.score_thresh_on = score_thresh_on
         check_choice("objectness", objectness, OBJECTNESS_CHOICES)
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau}")
@@ -192,6 +208,8 @@ class AutoAssign(AnchorFreeDetector):
             "norm_loss_weight": aa.NORM_LOSS_WEIGHT,
             "focal_loss_alpha": aa.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": aa.FOCAL_LOSS_GAMMA,
+            "score_thresh_on": aa.SCORE_THRESH_ON,
+            "clip_boxes_before_nms": aa.CLIP_BOXES_BEFORE_NMS,
             **cls.base_kwargs_from_config(cfg, aa),
         }
 
@@ -379,6 +397,12 @@ class AutoAssign(AnchorFreeDetector):
     # ------------------------------------------------------------------------------------------
     # Inference
     # ------------------------------------------------------------------------------------------
+    @property
+    def decode_score_thresh(self) -> float:
+        """``test_score_thresh`` on the score (release), or 0 when :meth:`inference_scores`
+        thresholds the class probability itself (``score_thresh_on == "cls"``)."""
+        return 0.0 if self.score_thresh_on == "cls" else self.test_score_thresh
+
     def inference_scores(self, cls_logits: Tensor, quality_logits: Optional[Tensor]) -> Tensor:
         """
         Args:
@@ -386,10 +410,19 @@ class AutoAssign(AnchorFreeDetector):
         Returns:
             (R, K) sigmoid(cls) x sigmoid(obj) (no square root, the release's
             ``AutoAssign.inference_single_image``); sigmoid(cls) without an objectness branch.
+            With ``score_thresh_on == "cls"`` (mmdetection), pairs whose class probability is
+            <= ``test_score_thresh`` get 0 and the others a score > 0.
         """
-        scores = cls_logits.sigmoid()
+        cls_prob = cls_logits.sigmoid()
+        scores = cls_prob
         if quality_logits is not None:
             scores = scores * quality_logits.sigmoid()
+        if self.score_thresh_on == "cls":
+            # torch.finfo(torch.float32).tiny as a literal (scores are float32 here; TorchScript
+            # compiles neither torch.finfo nor a global float), as PseudoIoU.inference_scores.
+            scores = scores.clamp(min=1.1754943508222875e-38)
+            keep = cls_prob > self.test_score_thresh
+            scores = torch.where(keep, scores, torch.zeros_like(scores))
         return scores
 
 
@@ -399,6 +432,7 @@ def _validate_config(cfg) -> None:
     check_choice("MODEL.AUTOASSIGN.CENTER_PRIOR", aa.CENTER_PRIOR, CENTER_PRIOR_CHOICES)
     check_choice("MODEL.AUTOASSIGN.CONFIDENCE", aa.CONFIDENCE, CONFIDENCE_CHOICES)
     check_choice("MODEL.AUTOASSIGN.OBJECTNESS", aa.OBJECTNESS, OBJECTNESS_CHOICES)
+    check_choice("MODEL.AUTOASSIGN.SCORE_THRESH_ON", aa.SCORE_THRESH_ON, SCORE_THRESH_ON_CHOICES)
     positive = {
         "MODEL.AUTOASSIGN.TAU": aa.TAU,
         "MODEL.AUTOASSIGN.SIGMA_INIT": aa.SIGMA_INIT,

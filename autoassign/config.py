@@ -14,11 +14,13 @@ __all__ = [
     "CENTER_PRIOR_CHOICES",
     "CONFIDENCE_CHOICES",
     "OBJECTNESS_CHOICES",
+    "SCORE_THRESH_ON_CHOICES",
 ]
 
 CENTER_PRIOR_CHOICES = ("none", "fixed", "shared", "per_class")
 CONFIDENCE_CHOICES = ("joint", "cls_only", "loc_only", "none")
 OBJECTNESS_CHOICES = ("implicit", "none", "explicit")
+SCORE_THRESH_ON_CHOICES = ("cls_obj", "cls")
 
 
 def add_autoassign_config(cfg: CN) -> None:
@@ -75,6 +77,13 @@ def add_autoassign_config(cfg: CN) -> None:
     _C.MODEL.AUTOASSIGN.TOPK_CANDIDATES_TEST = 1000
     # Inference: IoU threshold of the class-aware NMS (release: 0.6).
     _C.MODEL.AUTOASSIGN.NMS_THRESH_TEST = 0.6
+    # Inference: what SCORE_THRESH_TEST thresholds: "cls_obj", the score cls x obj (release,
+    # AutoAssign.inference_single_image), or "cls", the class probability alone, the score
+    # still being cls x obj (mmdetection, BaseDenseHead._predict_by_feat_single).
+    _C.MODEL.AUTOASSIGN.SCORE_THRESH_ON = "cls_obj"
+    # Inference: clip the boxes to the image and drop those left empty before NMS (mmdetection:
+    # distance2bbox with max_shape, _bbox_post_process); False: clipped after NMS (release).
+    _C.MODEL.AUTOASSIGN.CLIP_BOXES_BEFORE_NMS = False
 
 
 def check_choice(key: str, value: str, choices) -> None:

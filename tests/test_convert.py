@@ -59,12 +59,7 @@ def test_fixtures_are_small():
     "name,source,arch",
     [
         ("mmdet2_pseudo_iou", "mmdet2-pseudo-iou", "PseudoIoU"),
-        pytest.param(
-            "mmdet3_autoassign", "mmdet3-autoassign", "AutoAssign",
-            marks=pytest.mark.xfail(
-                strict=True, reason="AutoAssign has no mmdetection post-processing keys yet"
-            ),
-        ),
+        ("mmdet3_autoassign", "mmdet3-autoassign", "AutoAssign"),
         ("cvpods_autoassign", "cvpods-autoassign", "AutoAssign"),
     ],
 )
@@ -211,3 +206,9 @@ def test_checkpoint_with_objects_of_a_missing_framework_loads(tmp_path, monkeypa
     torch.save({"state_dict": {"a": "not a tensor"}}, path)
     with pytest.raises(CheckpointLayoutError, match="'a' is a str"):
         load_source_checkpoint(str(path))
+
+
+def test_mmdetection_post_processing_keys_are_checked():
+    _, config = _fixture("mmdet3_autoassign")
+    with pytest.raises(ValueError, match="MODEL.AUTOASSIGN.SCORE_THRESH_ON must be one of"):
+        build_model(_cfg(config, "MODEL.AUTOASSIGN.SCORE_THRESH_ON", "obj"))
