@@ -102,10 +102,9 @@ def _mmdet_head_rules(step: int) -> List[Rule]:
     ]
 
 
-def _cvpods_rules(step: int) -> List[Rule]:
-    """cvpods AutoAssign -> ours. ``step`` is 3 (conv, GN, ReLU) in both (the release's towers
-    always have GroupNorm)."""
-    del step
+def _cvpods_rules() -> List[Rule]:
+    """cvpods AutoAssign -> ours: the towers are the same Sequentials (Conv2d, GroupNorm, ReLU
+    per layer), so indices carry over."""
     bn = r"(?:weight|bias|running_mean|running_var)"
     return [
         Rule(r"backbone\.bottom_up\.stem\.conv1\.(weight|norm\." + bn + ")", r"\g<0>"),
@@ -150,7 +149,8 @@ def _mmdet3_autoassign(keys) -> List[Rule]:
 
 
 def _cvpods_autoassign(keys) -> List[Rule]:
-    return _cvpods_rules(3)
+    del keys
+    return _cvpods_rules()
 
 
 #: source name -> (rule builder from the source keys, meta-architecture it converts to, what it is)

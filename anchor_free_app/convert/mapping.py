@@ -9,7 +9,7 @@ naming its keys instead of a half-converted model.
 """
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -146,8 +146,3 @@ def check_against_model(
             f"The converted {source_name} checkpoint does not fit the model built from the "
             f"config{config_hint}: " + ". ".join(parts)
         )
-
-
-def all_keys_match(keys: Iterable[str], prefixes: Sequence[str]) -> bool:
-    """True if every key starts with one of ``prefixes``."""
-    return all(any(k.startswith(p) for p in prefixes) for k in keys)
