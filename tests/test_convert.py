@@ -66,6 +66,7 @@ def test_fixtures_are_small():
 def test_fixture_converts_and_matches_source_outputs(name, source, arch, tmp_path):
     model, report, folder = _converted_model(name, tmp_path)
     assert report["source"] == source and type(model).__name__ == arch
+    assert report["notes"] == []  # the config has the source's inference settings
     # Every source tensor is placed or is a BatchNorm step counter (FrozenBN has none).
     assert all(k.endswith("num_batches_tracked") for k in report["dropped"])
     assert bool(report["dropped"]) == source.startswith("mmdet")
@@ -141,7 +142,14 @@ def test_cli_writes_a_checkpoint_for_eval_only(tmp_path, capsys):
     folder, config = _fixture("mmdet3_autoassign")
     dst = tmp_path / "converted.pth"
     cli_main(["--source", "mmdet3-autoassign", "--config-file", config, os.path.join(folder, "source.pth"), str(dst)])
-    assert "checked against" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "checked against" in out and "note:" not in out
+    # mmdetection's weights with the release's config: they fit, the differences are noted.
+    _, cvpods_config = _fixture("cvpods_autoassign")
+    cli_main(["--config-file", cvpods_config, os.path.join(folder, "source.pth"), str(tmp_path / "z.pth")])
+    out = capsys.readouterr().out
+    assert "note: MODEL.PIXEL_MEAN is [103.53, 116.28, 123.675]" in out
+    assert "MODEL.AUTOASSIGN.SCORE_THRESH_ON is 'cls_obj'" in out
     data = torch.load(dst, weights_only=True)
     assert data["source_format"] == "mmdet3-autoassign" and "center_prior.mu" in data["model"]
     with pytest.raises(SystemExit) as exc:

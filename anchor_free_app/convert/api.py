@@ -121,6 +121,39 @@ def _shape_hint(converted: Mapping[str, Tensor], model_state: Mapping[str, Tenso
     return ""
 
 
+#: settings of the config each source's model was evaluated with (its ``*_mmdet`` / ``*_cvpods``
+#: config): key -> value. A config that differs still loads the weights; the report notes it.
+_SOURCE_SETTINGS = {
+    "mmdet2-pseudo-iou": {"MODEL.PIXEL_MEAN": [102.9801, 115.9465, 122.7717]},
+    "mmdet3-autoassign": {
+        "MODEL.PIXEL_MEAN": [102.9801, 115.9465, 122.7717],
+        "MODEL.AUTOASSIGN.SCORE_THRESH_ON": "cls",
+        "MODEL.AUTOASSIGN.CLIP_BOXES_BEFORE_NMS": True,
+    },
+    "cvpods-autoassign": {
+        "MODEL.PIXEL_MEAN": [103.530, 116.280, 123.675],
+        "MODEL.AUTOASSIGN.SCORE_THRESH_ON": "cls_obj",
+        "MODEL.AUTOASSIGN.CLIP_BOXES_BEFORE_NMS": False,
+    },
+}
+
+
+def _config_notes(source: str, cfg) -> List[str]:
+    """The config values that differ from those the source model was evaluated with."""
+    notes = []
+    for key, expected in _SOURCE_SETTINGS[source].items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if isinstance(expected, list):
+            same = len(value) == len(expected) and all(abs(a - b) < 1e-4 for a, b in zip(value, expected))
+        else:
+            same = value == expected
+        if not same:
+            notes.append(f"{key} is {value!r}; the {source} model was evaluated with {expected!r}")
+    return notes
+
+
 def convert_checkpoint(
     src: str,
     dst: str,
@@ -136,10 +169,13 @@ def convert_checkpoint(
             built on the CPU and the converted dict must fill exactly its parameters and
             buffers, with the same shapes (what the strict ``--eval-only`` loader requires).
     Returns:
-        a report: source, number of keys converted, source keys dropped on purpose.
+        a report: source, number of keys converted, source keys dropped on purpose, and
+        ``notes``: the config's inference settings that differ from the source's (pixel mean,
+        what the score threshold applies to, clipping before NMS; the weights still fit).
     """
     state = load_source_checkpoint(src)
     converted, dropped, source = convert_state_dict(state, source)
+    notes: List[str] = []
     if cfg is not None:
         from detectron2.modeling import build_model
 
@@ -156,6 +192,9 @@ def convert_checkpoint(
         model_state = build_model(cfg).state_dict()
         hint = _shape_hint(converted, model_state)
         check_against_model(converted, model_state, source, config_hint=hint)
+        notes = _config_notes(source, cfg)
+        for note in notes:
+            logger.warning(note)
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     torch.save(
         {
@@ -165,4 +204,10 @@ def convert_checkpoint(
         },
         dst,
     )
-    return {"source": source, "converted": len(converted), "dropped": dropped, "output": dst}
+    return {
+        "source": source,
+        "converted": len(converted),
+        "dropped": dropped,
+        "output": dst,
+        "notes": notes,
+    }

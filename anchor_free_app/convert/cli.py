@@ -57,6 +57,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"{report['output']}; {len(report['dropped'])} source entries dropped "
         "(BatchNorm step counters)" + (" ; checked against " + args.config_file if cfg else "")
     )
+    for note in report["notes"]:
+        print(f"note: {note} (use the source's config to reproduce it)")
 
 
 if __name__ == "__main__":
