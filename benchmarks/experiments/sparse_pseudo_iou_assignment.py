@@ -71,8 +71,8 @@ def main() -> None:
         boxes = random_boxes(int(torch.randint(1, 200, (1,), generator=g)), 800, 1333, g)
         boxes = torch.cat([boxes, boxes[: seed % 4]])
         dense = assigner(points, per_level, Boxes(boxes))
-        sparse = assigner.assign_grid(sizes, STRIDES, OFFSET, Boxes(boxes))
-        assert torch.equal(dense[0], sparse[0]) and torch.equal(dense[1], sparse[1]), seed
+        sparse = assigner.assign_grid(points, sizes, STRIDES, OFFSET, [Boxes(boxes)])
+        assert torch.equal(dense[0], sparse[0][0]) and torch.equal(dense[1], sparse[1][0]), seed
     print("assign_grid == __call__ on 20 random images (matched and candidate indices)")
 
     print(f"800x1333, R = {points.shape[0]} points, {args.threads} thread(s), median of "
@@ -85,7 +85,7 @@ def main() -> None:
         pairs = inbox_pairs(boxes.tensor, sizes, STRIDES, OFFSET).gt_idx.numel()
         d_ms, d_mib = measure(lambda: assigner(points, per_level, boxes), args.repeats)
         s_ms, s_mib = measure(
-            lambda: assigner.assign_grid(sizes, STRIDES, OFFSET, boxes), args.repeats
+            lambda: assigner.assign_grid(points, sizes, STRIDES, OFFSET, [boxes]), args.repeats
         )
         print(f"| {num} | {pairs} | {d_ms:.1f} | {d_mib:.0f} | {s_ms:.1f} | {s_mib:.0f} |")
 
