@@ -176,7 +176,8 @@ def inbox_pairs(
         return torch.repeat_interleave(per_block.reshape(-1), counts, output_size=num_candidates)
 
     first_loc = level_start + i_lo * width + j_lo  # (G, levels)
-    k = torch.arange(num_candidates, device=device) - per_candidate(torch.cumsum(counts, 0) - counts)
+    block_first = torch.cumsum(counts, 0) - counts
+    k = torch.arange(num_candidates, device=device) - per_candidate(block_first)
     row_length = per_candidate(n_x)
     row = torch.div(k, row_length, rounding_mode="floor")
     loc_idx = per_candidate(first_loc) + row * per_candidate(width.expand_as(first_loc))

@@ -244,7 +244,8 @@ class PseudoIoU(AnchorFreeDetector):
         starts = [sum(counts[:n]) for n in range(num_images)]
         is_pos = matched >= 0
         # Index into the batch's boxes (clamped: an image without boxes has no positives).
-        batch_idxs = matched.clamp(min=0) + device_vector(starts, torch.long, matched.device)[:, None]
+        first_box = device_vector(starts, torch.long, matched.device)  # (N,)
+        batch_idxs = matched.clamp(min=0) + first_box[:, None]
         batch_idxs = batch_idxs.clamp(max=sum(counts) - 1)
         labels = torch.where(
             is_pos, all_classes[batch_idxs], torch.full_like(matched, self.num_classes)
