@@ -15,6 +15,25 @@ REDUCED = dict(stem=8, base=4, res_out=[16, 32, 64, 128], fpn=32, convs=2, class
 FULL = dict(stem=64, base=64, res_out=[256, 512, 1024, 2048], fpn=256, convs=4, classes=80)
 
 
+def caffe_resnet_cfg(s: Dict, **extra) -> Dict:
+    """mmdetection's ``ResNet`` config of both releases (caffe style, frozen stem + stage 1,
+    frozen BN) at the widths of ``s`` (:data:`REDUCED` or :data:`FULL`); ``extra`` adds keys
+    (e.g. ``dcn``)."""
+    return dict(
+        type="ResNet",
+        depth=50,
+        stem_channels=s["stem"],
+        base_channels=s["base"],
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=1,
+        norm_cfg=dict(type="BN", requires_grad=False),
+        norm_eval=True,
+        style="caffe",
+        **extra,
+    )
+
+
 def make_images() -> List[np.ndarray]:
     """Two deterministic BGR uint8 images, 150 x 200 and 200 x 136 (not multiples of 32, so that
     padding is exercised): a smooth background with random filled rectangles."""

@@ -18,7 +18,7 @@ import mmcv_ext_stub  # noqa: E402
 
 mmcv_ext_stub.install()
 
-from common import REDUCED  # noqa: E402
+from common import REDUCED, caffe_resnet_cfg  # noqa: E402
 
 
 def main():
@@ -29,17 +29,8 @@ def main():
 
     s = REDUCED
     backbone = build_backbone(
-        dict(
-            type="ResNet",
-            depth=50,
-            stem_channels=s["stem"],
-            base_channels=s["base"],
-            num_stages=4,
-            out_indices=(0, 1, 2, 3),
-            frozen_stages=1,
-            norm_cfg=dict(type="BN", requires_grad=False),
-            norm_eval=True,
-            style="caffe",
+        caffe_resnet_cfg(
+            s,
             dcn=dict(type="DCNv2", deform_groups=4, fallback_on_stride=False),
             stage_with_dcn=(False, True, True, True),
         )

@@ -26,7 +26,7 @@ import mmcv_ext_stub  # noqa: E402
 
 mmcv_ext_stub.install()
 
-from common import FULL, REDUCED, make_images, randomize_  # noqa: E402
+from common import FULL, REDUCED, caffe_resnet_cfg, make_images, randomize_  # noqa: E402
 
 MEAN = [102.9801, 115.9465, 122.7717]
 
@@ -62,18 +62,7 @@ def build(size, piou_head):
         head.update(type="PIOUHead", piou=True, piou_thr=0.4)
     cfg = dict(
         type="FCOS",
-        backbone=dict(
-            type="ResNet",
-            depth=50,
-            stem_channels=s["stem"],
-            base_channels=s["base"],
-            num_stages=4,
-            out_indices=(0, 1, 2, 3),
-            frozen_stages=1,
-            norm_cfg=dict(type="BN", requires_grad=False),
-            norm_eval=True,
-            style="caffe",
-        ),
+        backbone=caffe_resnet_cfg(s),
         neck=dict(
             type="FPN",
             in_channels=s["res_out"],

@@ -21,7 +21,7 @@ import mmcv_ext_stub  # noqa: E402
 
 mmcv_ext_stub.install()
 
-from common import FULL, REDUCED, make_images, randomize_  # noqa: E402
+from common import FULL, REDUCED, caffe_resnet_cfg, make_images, randomize_  # noqa: E402
 
 
 def build(size):
@@ -39,18 +39,7 @@ def build(size):
             bgr_to_rgb=False,
             pad_size_divisor=32,
         ),
-        backbone=dict(
-            type="ResNet",
-            depth=50,
-            stem_channels=s["stem"],
-            base_channels=s["base"],
-            num_stages=4,
-            out_indices=(0, 1, 2, 3),
-            frozen_stages=1,
-            norm_cfg=dict(type="BN", requires_grad=False),
-            norm_eval=True,
-            style="caffe",
-        ),
+        backbone=caffe_resnet_cfg(s),
         neck=dict(
             type="FPN",
             in_channels=s["res_out"],
