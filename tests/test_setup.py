@@ -94,10 +94,13 @@ def test_fallback_placeholder_answers_env_queries_and_names_missing_ops():
 
 
 def _setup(repo_root, tmp_path, **env):
-    """Run tools/setup_env.sh with ``env``; these cases fail before any venv is created."""
+    """Run tools/setup_env.sh with ``env`` alone of the set-up's variables (``make test
+    D2_ROUTE=...`` puts its own in the environment); these cases fail before any venv is
+    created."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("D2_", "VENV"))}
     proc = subprocess.run(
         ["bash", os.path.join(repo_root, "tools", "setup_env.sh")],
-        env={**os.environ, "VENV": str(tmp_path / "venv"), **env},
+        env={**inherited, "VENV": str(tmp_path / "venv"), **env},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
     )  # fmt: skip
     assert not (tmp_path / "venv").exists()
