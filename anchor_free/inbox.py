@@ -177,18 +177,27 @@ def inbox_pairs(
 
     first_loc = level_start + i_lo * width + j_lo  # (G, levels)
     block_first = torch.cumsum(counts, 0) - counts
-    k = torch.arange(num_candidates, device=device) - per_candidate(block_first)
+    # In place where possible: the candidates outnumber the pairs (2 M at 1000 random boxes in
+    # an 800x1333 image), so each (candidates,) temporary is 10-20 MB.
+    col = torch.arange(num_candidates, device=device).sub_(per_candidate(block_first))
     row_length = per_candidate(n_x)
-    row = torch.div(k, row_length, rounding_mode="floor")
-    loc_idx = per_candidate(first_loc) + row * per_candidate(width.expand_as(first_loc))
-    loc_idx += k - row * row_length
-    level = per_candidate(torch.arange(num_levels, device=device).expand_as(first_loc))
-    gt_idx = torch.div(block, num_levels, rounding_mode="floor")
+    row = torch.div(col, row_length, rounding_mode="floor")
+    col.sub_(row_length.mul_(row))  # column within the candidate range
+    del row_length
+    loc_idx = row.mul_(per_candidate(width.expand_as(first_loc)))
+    loc_idx.add_(per_candidate(first_loc)).add_(col)
+    del col
+    level = block.remainder(num_levels)
+    gt_idx = block.div_(num_levels, rounding_mode="floor")
     # The dense distances' dtype (Detectron2's pairwise_point_box_distance promotes).
     work_dtype = torch.promote_types(points.dtype, dtype)
     xy = points.index_select(0, loc_idx).to(work_dtype)
-    boxes = gt_boxes.index_select(0, gt_idx).to(work_dtype)
-    ltrb = torch.cat([xy - boxes[:, :2], boxes[:, 2:] - xy], dim=1)
+    # ltrb = (x - x0, y - y0, x1 - x, y1 - y), written over the gathered boxes (a fresh tensor);
+    # -x0 + x is bitwise x - x0.
+    ltrb = gt_boxes.index_select(0, gt_idx).to(work_dtype)
+    ltrb[:, :2].neg_().add_(xy)
+    ltrb[:, 2:].sub_(xy)
+    del xy
     nearest = ltrb.min(dim=1).values
     keep = nearest > 0 if strict else nearest >= 0
     if level_ranges is not None:

@@ -5,7 +5,63 @@ from torch import Tensor, nn
 
 from .config import CENTER_PRIOR_CHOICES, check_choice
 
-__all__ = ["CenterPrior"]
+__all__ = ["CenterPrior", "gaussian_prior"]
+
+
+def gaussian_prior(offsets: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    """
+    ``prod_{x, y} exp(-(d - mu)^2 / (2 sigma^2))`` of each pair.
+
+    Args:
+        offsets: (P, 2) d; mu, sigma: (P, 2), gathered per pair.
+    Returns:
+        (P,)
+    """
+    return torch.exp(-((offsets - mu) ** 2) / (2 * sigma**2)).prod(dim=1)
+
+
+class _GaussianPrior(torch.autograd.Function):
+    """:func:`gaussian_prior` with per-row parameters gathered by ``rows``, and its gradient
+    with respect to the (rows, 2) ``mu`` and ``sigma`` written out (``d G / d mu = G (d - mu) /
+    sigma^2``, ``d G / d sigma = G (d - mu)^2 / sigma^3``, summed per row): the autograd graph
+    keeps the (M, 2) offsets and the (M,) output instead of about ten (M, 2) intermediates. In
+    chunks of ``CHUNK`` pairs, so the temporaries are bounded whatever the number of pairs."""
+
+    CHUNK = 1 << 16
+
+    @staticmethod
+    def forward(ctx, offsets: Tensor, rows: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+        parts = []
+        with torch.no_grad():
+            for start in range(0, offsets.shape[0], _GaussianPrior.CHUNK):
+                r = rows[start : start + _GaussianPrior.CHUNK]
+                parts.append(
+                    gaussian_prior(
+                        offsets[start : start + _GaussianPrior.CHUNK],
+                        mu.index_select(0, r),
+                        sigma.index_select(0, r),
+                    )
+                )
+        prior = torch.cat(parts) if parts else offsets.new_zeros(0)
+        ctx.save_for_backward(offsets, rows, mu, sigma, prior)
+        return prior
+
+    @staticmethod
+    def backward(ctx, grad_prior: Tensor):
+        offsets, rows, mu, sigma, prior = ctx.saved_tensors
+        grad_mu = torch.zeros_like(mu) if ctx.needs_input_grad[2] else None
+        grad_sigma = torch.zeros_like(sigma) if ctx.needs_input_grad[3] else None
+        for start in range(0, offsets.shape[0], _GaussianPrior.CHUNK):
+            end = start + _GaussianPrior.CHUNK
+            r = rows[start:end]
+            sigma_r = sigma.index_select(0, r)
+            diff = offsets[start:end] - mu.index_select(0, r)  # (P, 2)
+            g = (grad_prior[start:end] * prior[start:end])[:, None] * diff / sigma_r**2
+            if grad_mu is not None:
+                grad_mu.index_add_(0, r, g)
+            if grad_sigma is not None:
+                grad_sigma.index_add_(0, r, g.mul_(diff).div_(sigma_r))
+        return None, None, grad_mu, grad_sigma
 
 
 class CenterPrior(nn.Module):
@@ -68,9 +124,16 @@ class CenterPrior(nn.Module):
         if self.mu is None:
             return offsets.new_ones(offsets.shape[0])
         rows = labels if self.mu.shape[0] > 1 else torch.zeros_like(labels)
-        mu = self.mu.index_select(0, rows)  # (M, 2)
-        sigma = self.sigma.index_select(0, rows)  # (M, 2)
-        return torch.exp(-((offsets - mu) ** 2) / (2 * sigma**2)).prod(dim=1)
+        if torch.jit.is_scripting():  # autograd.Function is not scriptable; same values
+            return gaussian_prior(
+                offsets, self.mu.index_select(0, rows), self.sigma.index_select(0, rows)
+            )
+        return self._prior_written_gradient(offsets, rows)
+
+    @torch.jit.unused
+    def _prior_written_gradient(self, offsets: Tensor, rows: Tensor) -> Tensor:
+        """:func:`gaussian_prior` with the gradient of :class:`_GaussianPrior`."""
+        return _GaussianPrior.apply(offsets.detach(), rows, self.mu, self.sigma)
 
     def zero_grad_term(self, like: Tensor) -> Tensor:
         """``0 * (mu.sum() + sigma.sum())`` (a zero scalar like ``like`` without parameters):

@@ -11,6 +11,9 @@ others have w+ = 0 and no gradient through it), so everything here works on thos
 * per-object sums and min/max use ``index_add_`` / ``scatter_reduce``;
 * the IoU max over all objects needed by the negative weights is computed in chunks of
   bounded size;
+* the GIoU likelihood of the pairs and (``center_prior.py``) their center prior have their
+  gradients written out (``torch.autograd.Function``), so the autograd graph keeps the inputs
+  and outputs only, and work in chunks of bounded size;
 * the whole batch is one set of pairs (object indices over the batch), so the loss has no
   per-image or per-object host synchronisation (two per batch, in ``inbox_pairs``).
 
@@ -69,14 +72,114 @@ def localization_likelihood(pred_ltrb: Tensor, target_ltrb: Tensor, loc_lambda: 
     """
     P(loc) = exp(-lambda * GIoU loss) of each pair (paper Eq. 2); not detached.
 
+    The values are those of ``exp(-lambda * giou_loss(boxes))`` (fvcore's GIoU loss of the
+    released code, computed by the same operations); the gradient with respect to
+    ``pred_ltrb`` is written out (:class:`_LocalizationLikelihood`), so the autograd graph keeps
+    only the (M, 4) inputs and the (M,) output instead of about twenty (M,) intermediates.
+
     Args:
         pred_ltrb: (M, 4) predicted distances (>= 0) at the pair's location, pixels.
-        target_ltrb: (M, 4) distances to the pair's box (> 0), pixels.
+        target_ltrb: (M, 4) distances to the pair's box (> 0), pixels; no gradient.
     Returns:
         (M,) in (0, 1].
     """
-    loss = giou_loss(_ltrb_to_boxes(pred_ltrb), _ltrb_to_boxes(target_ltrb))
-    return torch.exp(-loc_lambda * loss)
+    return _LocalizationLikelihood.apply(pred_ltrb, target_ltrb.detach(), float(loc_lambda))
+
+
+def _max_grad_share(a: Tensor, b: Tensor) -> Tensor:
+    """Share of the gradient of ``torch.maximum(a, b)`` going to ``a``: 1 where a > b, 1/2 on
+    ties, 0 where a < b (the rule of torch's ``maximum`` / ``minimum`` backward)."""
+    return torch.where(a == b, 0.5, (a > b).to(a.dtype))
+
+
+def _giou_likelihood_grad(
+    grad_p: Tensor, pred: Tensor, target: Tensor, p_loc: Tensor, loc_lambda: float,
+    eps: float = 1e-7,
+) -> Tensor:
+    """
+    Gradient of ``exp(-lambda * giou_loss)`` with respect to the predicted ltrb, for boxes
+    ``(-l, -t, r, b)`` and ``(-l*, -t*, r*, b*)`` around the same location: the width of the
+    intersection / enclosing box is ``min(l, l*) + min(r, r*)`` / ``max(l, l*) + max(r, r*)``,
+    and a coordinate's gradient through them goes to the prediction where it is the smaller /
+    larger one (half on ties, as autograd's ``maximum`` / ``minimum``).
+
+    Args:
+        grad_p: (P,) upstream gradient; p_loc: (P,) forward output;
+        pred, target: (2, 2, P) ltrb as ((l, t), (r, b)), each (P,) row contiguous;
+        eps: ``giou_loss``'s eps (added to the union and the enclosing area).
+    Returns:
+        (2, 2, P) in the layout of ``pred``.
+    """
+    size_in = torch.minimum(pred, target).sum(dim=0)  # (2, P): intersection (w, h)
+    size_out = torch.maximum(pred, target).sum(dim=0)  # enclosing box (w, h)
+    size_pred = pred.sum(dim=0)
+    size_target = target.sum(dim=0)
+    overlap = (size_in > 0).all(dim=0)
+    inter = torch.where(overlap, size_in.prod(dim=0), 0.0)
+    union_eps = (size_pred.prod(dim=0) + size_target.prod(dim=0) - inter).add_(eps)
+    area_c_eps = size_out.prod(dim=0).add_(eps)
+    # giou = inter / (union + eps) - (area_c - union) / (area_c + eps); d out / d giou = lambda p.
+    g = grad_p * p_loc * loc_lambda
+    g_union = g * (1.0 / area_c_eps - inter / union_eps**2)
+    g_inter = (g / union_eps - g_union) * overlap  # union = area1 + area2 - inter
+    g_area_c = -g * union_eps / area_c_eps**2
+    # A side's gradient through an area is the other side's length: flip (w, h) -> (h, w).
+    own = size_pred.flip(0).mul_(g_union)
+    enclose = size_out.flip(0).mul_(g_area_c)
+    through_inter = size_in.flip(0).mul_(g_inter).sub_(enclose)
+    # d l = d(-x1): through the intersection where l < l* (x1 = max(-l, -l*)), the enclosing
+    # box where l > l*, and the own area always; the same for t, r, b.
+    share = _max_grad_share(target, pred)
+    return share.mul_(through_inter).add_(own.add_(enclose))
+
+
+class _LocalizationLikelihood(torch.autograd.Function):
+    """``exp(-lambda * giou_loss(ltrb boxes))`` with the gradient of fvcore's GIoU loss
+    (``fvcore/nn/giou_loss.py``, used by the released code) written out
+    (:func:`_giou_likelihood_grad`); forward and backward in chunks of ``CHUNK`` pairs, so
+    their temporaries are bounded whatever the number of pairs."""
+
+    CHUNK = 1 << 16
+
+    @staticmethod
+    def forward(ctx, pred_ltrb: Tensor, target_ltrb: Tensor, loc_lambda: float) -> Tensor:
+        parts = []
+        with torch.no_grad():
+            for pred, target in _ltrb_chunks(pred_ltrb, target_ltrb, _LocalizationLikelihood.CHUNK):
+                # (P, 4) views of (4, P) boxes: each coordinate a contiguous row.
+                loss = giou_loss(_ltrb_to_boxes_t(pred).t(), _ltrb_to_boxes_t(target).t())
+                parts.append(torch.exp(loss.mul_(-loc_lambda)))
+        p_loc = torch.cat(parts) if parts else pred_ltrb.new_zeros(0)
+        ctx.loc_lambda = loc_lambda
+        ctx.save_for_backward(pred_ltrb, target_ltrb, p_loc)
+        return p_loc
+
+    @staticmethod
+    def backward(ctx, grad_p: Tensor):
+        pred_ltrb, target_ltrb, p_loc = ctx.saved_tensors
+        grad = torch.empty_like(pred_ltrb)
+        chunk = _LocalizationLikelihood.CHUNK
+        chunks = _ltrb_chunks(pred_ltrb, target_ltrb, chunk)
+        for start, (pred, target) in zip(range(0, pred_ltrb.shape[0], chunk), chunks):
+            end = start + chunk
+            grad_t = _giou_likelihood_grad(
+                grad_p[start:end], pred.view(2, 2, -1), target.view(2, 2, -1),
+                p_loc[start:end], ctx.loc_lambda,
+            )
+            grad[start:end] = grad_t.view(4, -1).t()
+        return grad, None, None
+
+
+def _ltrb_chunks(pred_ltrb: Tensor, target_ltrb: Tensor, chunk: int):
+    """Yields (4, P) contiguous copies (rows l, t, r, b) of consecutive chunks of P pairs."""
+    for start in range(0, pred_ltrb.shape[0], chunk):
+        yield (pred_ltrb[start : start + chunk].t().contiguous(),
+               target_ltrb[start : start + chunk].t().contiguous())
+
+
+def _ltrb_to_boxes_t(ltrb: Tensor) -> Tensor:
+    """(4, P) ltrb -> (4, P) XYXY boxes around the origin (:func:`_ltrb_to_boxes` transposed)."""
+    return torch.cat([-ltrb[:2], ltrb[2:]], dim=0)
 
 
 def positive_terms(
@@ -134,7 +237,9 @@ def positive_terms(
 
 
 @torch.no_grad()
-def max_iou_over_gts(pred_boxes: Tensor, gt_boxes: Tensor, max_elements: int = 1 << 20) -> Tensor:
+def max_iou_over_gts(
+    pred_boxes: Tensor, gt_boxes: Tensor, max_elements: int = 1 << 16
+) -> Tensor:
     """
     (U,) max over all G objects of IoU(object, predicted box): the values of Detectron2's
     ``pairwise_iou(Boxes(gt_boxes), Boxes(pred_boxes)).max(dim=0)`` (the same arithmetic:
@@ -221,23 +326,29 @@ def negative_box_prob(
     box_image = torch.cat(
         [torch.full((c,), n, dtype=torch.long, device=device) for n, c in enumerate(counts)]
     )
-    flat_loc = box_image.index_select(0, gt_idx) * num_locations + loc_idx  # (M,)
-    f = 1.0 / (1.0 - iou.view(-1).index_select(0, flat_loc)).clamp(min=EPS)
+    # In-place steps below: at 1000 objects M is about 1.5 M pairs, each (M,) temporary 6-12 MB.
+    flat_loc = box_image.index_select(0, gt_idx).mul_(num_locations).add_(loc_idx)  # (M,)
+    f = 1.0 / iou.view(-1).index_select(0, flat_loc).neg_().add_(1.0).clamp_(min=EPS)
     num_gt = gt_boxes.shape[0]
     f_min = f.new_zeros(num_gt).scatter_reduce(0, gt_idx, f, "amin", include_self=False)
     f_max = f.new_zeros(num_gt).scatter_reduce(0, gt_idx, f, "amax", include_self=False)
-    f_min, f_max = f_min.index_select(0, gt_idx), f_max.index_select(0, gt_idx)
-    normalized_f = (f - f_min + EPS) / (f_max - f_min + EPS)  # > 0
+    f_min = f_min.index_select(0, gt_idx)
+    # (f - f_min + EPS) / (f_max - f_min + EPS), > 0
+    normalized_f = (f - f_min).add_(EPS)
+    del f
+    normalized_f.div_(f_max.index_select(0, gt_idx).sub_(f_min).add_(EPS))
+    del f_min
     # Later object wins on (image, location, class) collisions: the highest object index of
     # each key, then that pair's value (amax into zeros: the only non-zero value per key).
-    key = flat_loc * num_classes + gt_classes.index_select(0, gt_idx)
+    key = flat_loc.mul_(num_classes).add_(gt_classes.index_select(0, gt_idx))
     pair_gt = gt_idx.to(torch.int32)
     winner = torch.full_like(box_prob, -1, dtype=torch.int32).scatter_reduce(
         0, key, pair_gt, "amax"
     )
     is_winner = winner.index_select(0, key) == pair_gt
-    value = torch.where(is_winner, normalized_f, torch.zeros_like(normalized_f))
-    box_prob = box_prob.scatter_reduce(0, key, value, "amax")
+    del winner, pair_gt
+    value = torch.where(is_winner, normalized_f, 0.0)
+    box_prob = box_prob.scatter_reduce_(0, key, value, "amax")
     return box_prob.view(shape), normalized_f
 
 
