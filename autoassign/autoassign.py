@@ -275,20 +275,30 @@ class AutoAssign(AnchorFreeDetector):
             gt_boxes, grid_sizes, self.strides, self.point_generator.offset, points=points
         )
         pair_classes = gt_classes[pairs.gt_idx]
+        terms = self._pair_terms(
+            pairs, pair_classes, confidence_prob[pairs.loc_idx, pair_classes],
+            pred_ltrb[pairs.loc_idx], gt_boxes.shape[0],
+        )  # fmt: skip
+        return pairs, terms
+
+    def _pair_terms(
+        self, pairs: InboxPairs, pair_classes: Tensor, p_cls: Tensor, pair_pred_ltrb: Tensor,
+        num_gt: int,
+    ):  # fmt: skip
+        """Center prior, P(loc) and the positive terms of the (M,) in-box pairs, given each
+        pair's class (M,), classification confidence (M,) and predicted ltrb (M, 4)."""
         prior = self.center_prior(center_offsets(pairs), pair_classes)
-        p_cls = confidence_prob[pairs.loc_idx, pair_classes]
-        p_loc = localization_likelihood(pred_ltrb[pairs.loc_idx], pairs.ltrb, self.loc_lambda)
-        terms = positive_terms(
+        p_loc = localization_likelihood(pair_pred_ltrb, pairs.ltrb, self.loc_lambda)
+        return positive_terms(
             p_cls=p_cls,
             p_loc=p_loc,
             prior=prior,
             gt_idx=pairs.gt_idx,
-            num_gt=gt_boxes.shape[0],
+            num_gt=num_gt,
             confidence=self.confidence,
             tau=self.tau,
             use_pos_weights=self.use_pos_weights,
         )
-        return pairs, terms
 
     @autocast_disabled
     def forward_training(
@@ -330,20 +340,12 @@ class AutoAssign(AnchorFreeDetector):
         pair_image = box_image.index_select(0, pairs.gt_idx)  # (M,)
         flat_loc = pair_image * num_locations + pairs.loc_idx  # (M,) (image, location)
         pair_classes = gt_classes.index_select(0, pairs.gt_idx)
-        prior = self.center_prior(center_offsets(pairs), pair_classes)
-        p_cls = confidence_prob.reshape(-1).index_select(0, flat_loc * num_classes + pair_classes)
-        p_loc = localization_likelihood(
-            pred_ltrb.reshape(-1, 4).index_select(0, flat_loc), pairs.ltrb, self.loc_lambda
-        )
-        terms = positive_terms(
-            p_cls=p_cls,
-            p_loc=p_loc,
-            prior=prior,
-            gt_idx=pairs.gt_idx,
-            num_gt=gt_boxes.shape[0],
-            confidence=self.confidence,
-            tau=self.tau,
-            use_pos_weights=self.use_pos_weights,
+        terms = self._pair_terms(
+            pairs,
+            pair_classes,
+            confidence_prob.reshape(-1).index_select(0, flat_loc * num_classes + pair_classes),
+            pred_ltrb.reshape(-1, 4).index_select(0, flat_loc),
+            gt_boxes.shape[0],
         )
         # Per image: in-box prior mass and whether it has any pair. (N,) each.
         # Accumulated in float64: index_add adds sequentially, whose float32 rounding error
