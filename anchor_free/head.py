@@ -21,7 +21,13 @@ from torch import Tensor, nn
 
 from detectron2.layers import ShapeSpec, get_norm
 
+from .config import ConfigKey, check_interval, check_min
+
 __all__ = ["Scale", "AnchorFreeHead"]
+
+
+def _key(name: str, python: str) -> ConfigKey:
+    return ConfigKey(f"MODEL.PSEUDO_IOU.{name} / MODEL.AUTOASSIGN.{name}", f"model.head.{python}")
 
 
 class Scale(nn.Module):
@@ -87,8 +93,9 @@ class AnchorFreeHead(nn.Module):
         channels = {s.channels for s in input_shape}
         if len(channels) != 1:
             raise ValueError(f"All FPN levels must have the same channels, got {sorted(channels)}")
-        if not 0.0 < prior_prob < 1.0:
-            raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+        # One head class for both detectors: the key names both yacs nodes.
+        check_min(_key("NUM_CONVS", "num_convs"), num_convs, 0)
+        check_interval(_key("PRIOR_PROB", "prior_prob"), prior_prob, 0, 1, closed="neither")
         in_channels = channels.pop()
         self.num_classes = num_classes
         self.quality_on_box_tower = quality_on_box_tower

@@ -16,7 +16,7 @@ import functools
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec, batched_nms
@@ -24,6 +24,8 @@ from detectron2.modeling.backbone import Backbone, build_backbone
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
+
+from .config import ConfigKey
 
 __all__ = [
     "AnchorFreeDetector",
@@ -108,6 +110,11 @@ def build_point_generator(strides: List[int], offset: float) -> DefaultAnchorGen
     anchor at cell (i, j) of level l is ((j + offset) * s_l, (i + offset) * s_l).
     offset 0.5 puts points at cell centres (Pseudo-IoU/mmdet), 0.0 at cell corners (AutoAssign).
     """
+    if not 0.0 <= offset < 1.0:
+        raise ValueError(
+            "MODEL.PSEUDO_IOU.POINT_OFFSET (Python config: model.point_generator.offset) must be "
+            f"in [0, 1), got {offset!r}"
+        )
     return DefaultAnchorGenerator(
         sizes=[[s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=offset
     )
@@ -139,6 +146,46 @@ def build_backbone_for_head(
             f"got strides {strides}"
         )
     return backbone, feature_shapes
+
+
+def _check_levels(
+    key: ConfigKey,
+    backbone: Backbone,
+    head: nn.Module,
+    head_in_features: List[str],
+    point_generator: DefaultAnchorGenerator,
+) -> None:
+    """
+    The head's levels against the backbone, for models built from either config system (a
+    Python config names the features, the head's levels and the point strides separately):
+    ``head_in_features`` are backbone outputs from the finest to the coarsest, the head has one
+    level and the point generator one stride per feature, the backbone's stride.
+    """
+    shapes = backbone.output_shape()
+    missing = [f for f in head_in_features if f not in shapes]
+    if missing:
+        raise ValueError(
+            f"{key}={list(head_in_features)} names {missing}, which the backbone "
+            f"{type(backbone).__name__} does not produce (it has {sorted(shapes)})"
+        )
+    strides = [shapes[f].stride for f in head_in_features]
+    if strides != sorted(strides):
+        raise ValueError(
+            f"{key}={list(head_in_features)} must go from the finest to the coarsest level, "
+            f"got strides {strides}"
+        )
+    num_head_levels = len(getattr(head, "scales", head_in_features))
+    if num_head_levels != len(head_in_features):
+        raise ValueError(
+            f"The head (model.head.input_shape) has {num_head_levels} levels but {key} names "
+            f"{len(head_in_features)} features"
+        )
+    point_strides = [int(s) for s in point_generator.strides]
+    if point_strides != strides:
+        raise ValueError(
+            f"The point generator's strides (model.point_generator.strides) {point_strides} are "
+            f"not those of {key}={list(head_in_features)}: {strides}"
+        )
 
 
 def _check_image_ground_truth(
@@ -210,8 +257,11 @@ class AnchorFreeDetector(DenseDetector):
     ``clip_boxes_before_nms``. What ``test_score_thresh`` thresholds is the subclass's choice
     (:meth:`inference_scores`, :attr:`decode_score_thresh`).
 
-    Subclasses set in ``__init__`` (after ``super().__init__``): nothing beyond the arguments.
+    Subclasses set in ``__init__`` (after ``super().__init__``): nothing beyond the arguments;
+    ``CONFIG_NODE`` names their yacs node in error messages.
     """
+
+    CONFIG_NODE = "MODEL.<DETECTOR>"
 
     def __init__(
         self,
@@ -252,6 +302,13 @@ class AnchorFreeDetector(DenseDetector):
                 mmdetection 3's ``BaseDenseHead._bbox_post_process`` (``min_bbox_size`` 0);
                 else ``detector_postprocess`` drops them after NMS and the detection cap.
         """
+        _check_levels(
+            ConfigKey(f"{self.CONFIG_NODE}.IN_FEATURES", "model.head_in_features"),
+            backbone,
+            head,
+            head_in_features,
+            point_generator,
+        )
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
         )

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from anchor_free.config import ConfigKey, check_choice, check_interval, check_min
 from anchor_free.distributed import reduce_mean
 from anchor_free.head import AnchorFreeHead
 from anchor_free.inbox import InboxPairs, device_vector, inbox_pairs, location_strides
@@ -28,11 +29,9 @@ from detectron2.structures import ImageList, Instances
 
 from .center_prior import CenterPrior
 from .config import (
-    CENTER_PRIOR_CHOICES,
     CONFIDENCE_CHOICES,
     OBJECTNESS_CHOICES,
     SCORE_THRESH_ON_CHOICES,
-    check_choice,
 )
 from .loss import (
     EPS,
@@ -81,6 +80,8 @@ class AutoAssign(AnchorFreeDetector):
     Mixed precision: ``forward_training`` runs with autocast disabled on float32 head outputs
     (mmdet's AutoAssign port: ``@force_fp32`` on ``loss``; the release trains in float32 only).
     """
+
+    CONFIG_NODE = "MODEL.AUTOASSIGN"
 
     @configurable
     def __init__(
@@ -132,6 +133,19 @@ class AutoAssign(AnchorFreeDetector):
             focal_loss_alpha: loss_pos x alpha, loss_neg x (1 - alpha).
             focal_loss_gamma: focal exponent of the negative loss.
         """
+        _check_settings(
+            num_classes=num_classes,
+            confidence=confidence,
+            objectness=objectness,
+            score_thresh_on=score_thresh_on,
+            tau=tau,
+            loc_lambda=loc_lambda,
+            norm_loss_weight=norm_loss_weight,
+            focal_loss_alpha=focal_loss_alpha,
+            focal_loss_gamma=focal_loss_gamma,
+            test_topk_candidates=test_topk_candidates,
+            test_nms_thresh=test_nms_thresh,
+        )
         super().__init__(
             backbone=backbone,
             head=head,
@@ -149,12 +163,7 @@ class AutoAssign(AnchorFreeDetector):
             clip_boxes_before_nms=clip_boxes_before_nms,
             drop_empty_boxes_before_nms=clip_boxes_before_nms,
         )
-        check_choice("confidence", confidence, CONFIDENCE_CHOICES)
-        check_choice("score_thresh_on", score_thresh_on, SCORE_THRESH_ON_CHOICES)
         self.score_thresh_on = score_thresh_on
-        check_choice("objectness", objectness, OBJECTNESS_CHOICES)
-        if not tau > 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
         self.center_prior = center_prior
         self.confidence = confidence
         self.objectness = objectness
@@ -169,7 +178,6 @@ class AutoAssign(AnchorFreeDetector):
     @classmethod
     def from_config(cls, cfg):
         aa = cfg.MODEL.AUTOASSIGN
-        _validate_config(cfg)
         backbone, feature_shapes = build_backbone_for_head(
             cfg, aa.IN_FEATURES, "MODEL.AUTOASSIGN.IN_FEATURES"
         )
@@ -428,38 +436,38 @@ class AutoAssign(AnchorFreeDetector):
         return scores
 
 
-def _validate_config(cfg) -> None:
-    """Errors naming the key and value for AutoAssign settings the model cannot use."""
-    aa = cfg.MODEL.AUTOASSIGN
-    check_choice("MODEL.AUTOASSIGN.CENTER_PRIOR", aa.CENTER_PRIOR, CENTER_PRIOR_CHOICES)
-    check_choice("MODEL.AUTOASSIGN.CONFIDENCE", aa.CONFIDENCE, CONFIDENCE_CHOICES)
-    check_choice("MODEL.AUTOASSIGN.OBJECTNESS", aa.OBJECTNESS, OBJECTNESS_CHOICES)
-    check_choice("MODEL.AUTOASSIGN.SCORE_THRESH_ON", aa.SCORE_THRESH_ON, SCORE_THRESH_ON_CHOICES)
-    positive = {
-        "MODEL.AUTOASSIGN.TAU": aa.TAU,
-        "MODEL.AUTOASSIGN.SIGMA_INIT": aa.SIGMA_INIT,
-        "MODEL.AUTOASSIGN.NUM_CLASSES": aa.NUM_CLASSES,
-        "MODEL.AUTOASSIGN.TOPK_CANDIDATES_TEST": aa.TOPK_CANDIDATES_TEST,
-    }
-    for key, value in positive.items():
-        if not value > 0:
-            raise ValueError(f"{key} must be > 0, got {value}")
-    in_unit = {
-        "MODEL.AUTOASSIGN.PRIOR_PROB": (aa.PRIOR_PROB, False),
-        "MODEL.AUTOASSIGN.FOCAL_LOSS_ALPHA": (aa.FOCAL_LOSS_ALPHA, True),
-        "MODEL.AUTOASSIGN.NMS_THRESH_TEST": (aa.NMS_THRESH_TEST, True),
-    }
-    for key, (value, closed) in in_unit.items():
-        ok = 0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0
-        if not ok:
-            interval = "[0, 1]" if closed else "(0, 1)"
-            raise ValueError(f"{key} must be in {interval}, got {value}")
-    non_negative = {
-        "MODEL.AUTOASSIGN.LOC_LAMBDA": aa.LOC_LAMBDA,
-        "MODEL.AUTOASSIGN.FOCAL_LOSS_GAMMA": aa.FOCAL_LOSS_GAMMA,
-        "MODEL.AUTOASSIGN.NORM_LOSS_WEIGHT": aa.NORM_LOSS_WEIGHT,
-        "MODEL.AUTOASSIGN.NUM_CONVS": aa.NUM_CONVS,
-    }
-    for key, value in non_negative.items():
-        if not value >= 0:
-            raise ValueError(f"{key} must be >= 0, got {value}")
+def _key(name: str, python: str) -> ConfigKey:
+    return ConfigKey(f"MODEL.AUTOASSIGN.{name}", f"model.{python}")
+
+
+def _check_settings(
+    *,
+    num_classes: int,
+    confidence: str,
+    objectness: str,
+    score_thresh_on: str,
+    tau: float,
+    loc_lambda: float,
+    norm_loss_weight: float,
+    focal_loss_alpha: float,
+    focal_loss_gamma: float,
+    test_topk_candidates: int,
+    test_nms_thresh: float,
+) -> None:
+    """The checks of the detector's own settings (the center prior's are ``CenterPrior``'s, the
+    head's ``AnchorFreeHead``'s): errors name the yacs key and the Python-config attribute."""
+    check_choice(_key("CONFIDENCE", "confidence"), confidence, CONFIDENCE_CHOICES)
+    check_choice(_key("OBJECTNESS", "objectness"), objectness, OBJECTNESS_CHOICES)
+    check_choice(
+        _key("SCORE_THRESH_ON", "score_thresh_on"), score_thresh_on, SCORE_THRESH_ON_CHOICES
+    )
+    check_min(_key("TAU", "tau"), tau, 0, strict=True)
+    check_min(_key("NUM_CLASSES", "num_classes"), num_classes, 0, strict=True)
+    check_min(
+        _key("TOPK_CANDIDATES_TEST", "test_topk_candidates"), test_topk_candidates, 0, strict=True
+    )
+    check_interval(_key("FOCAL_LOSS_ALPHA", "focal_loss_alpha"), focal_loss_alpha, 0, 1)
+    check_interval(_key("NMS_THRESH_TEST", "test_nms_thresh"), test_nms_thresh, 0, 1)
+    check_min(_key("LOC_LAMBDA", "loc_lambda"), loc_lambda, 0)
+    check_min(_key("FOCAL_LOSS_GAMMA", "focal_loss_gamma"), focal_loss_gamma, 0)
+    check_min(_key("NORM_LOSS_WEIGHT", "norm_loss_weight"), norm_loss_weight, 0)

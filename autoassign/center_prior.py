@@ -3,7 +3,9 @@ offset between a location and its object's box centre, in strides of the locatio
 import torch
 from torch import Tensor, nn
 
-from .config import CENTER_PRIOR_CHOICES, check_choice
+from anchor_free.config import ConfigKey, check_choice, check_min
+
+from .config import CENTER_PRIOR_CHOICES
 
 __all__ = ["CenterPrior", "gaussian_prior"]
 
@@ -97,9 +99,17 @@ class CenterPrior(nn.Module):
             freeze_mu, freeze_sigma: keep that parameter at its init.
         """
         super().__init__()
-        check_choice("center prior mode", mode, CENTER_PRIOR_CHOICES)
-        if not sigma_init > 0:
-            raise ValueError(f"center prior sigma_init must be > 0, got {sigma_init}")
+        check_choice(
+            ConfigKey("MODEL.AUTOASSIGN.CENTER_PRIOR", "model.center_prior.mode"),
+            mode,
+            CENTER_PRIOR_CHOICES,
+        )
+        check_min(
+            ConfigKey("MODEL.AUTOASSIGN.SIGMA_INIT", "model.center_prior.sigma_init"),
+            sigma_init,
+            0,
+            strict=True,
+        )
         self.mode = mode
         if mode == "none":
             self.mu = None

@@ -10,7 +10,6 @@ from anchor_free.config import add_anchor_free_config
 
 __all__ = [
     "add_autoassign_config",
-    "check_choice",
     "CENTER_PRIOR_CHOICES",
     "CONFIDENCE_CHOICES",
     "OBJECTNESS_CHOICES",
@@ -84,9 +83,3 @@ def add_autoassign_config(cfg: CN) -> None:
     # Inference: clip the boxes to the image and drop those left empty before NMS (mmdetection:
     # distance2bbox with max_shape, _bbox_post_process); False: clipped after NMS (release).
     _C.MODEL.AUTOASSIGN.CLIP_BOXES_BEFORE_NMS = False
-
-
-def check_choice(key: str, value: str, choices) -> None:
-    """Raise a ValueError naming ``key`` and ``value`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")

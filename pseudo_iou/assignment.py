@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from anchor_free.config import ConfigKey, check_choice, check_interval, check_min
 from anchor_free.inbox import device_vector, inbox_pairs
 from detectron2.structures import Boxes, pairwise_point_box_distance
 
@@ -35,6 +36,9 @@ __all__ = [
 
 ASSIGNERS = ("all_in_box", "pseudo_iou", "centerness", "scaled_box")
 TIE_BREAKS = ("min_area", "max_pseudo_iou")
+SIZES_OF_INTEREST_KEY = ConfigKey(
+    "MODEL.PSEUDO_IOU.SIZES_OF_INTEREST", "model.assigner.size_ranges.sizes_of_interest"
+)
 
 
 def pseudo_iou(ltrb: Tensor) -> Tensor:
@@ -122,9 +126,8 @@ def size_ranges_from_sizes(sizes_of_interest: Sequence[float]) -> Tuple[Tuple[fl
     return tuple(zip(lows, highs))
 
 
-def _check_unit_interval(value: float, name: str) -> None:
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+def _key(name: str, python: str) -> ConfigKey:
+    return ConfigKey(f"MODEL.PSEUDO_IOU.{name}", f"model.assigner.{python}")
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,9 @@ class PointAssigner:
 
     Points that fail any step are background (negatives), never ignored.
 
-    Field names are those of ``cfg.MODEL.PSEUDO_IOU`` in lower case.
+    Field names are those of ``cfg.MODEL.PSEUDO_IOU`` in lower case; ``size_ranges`` comes from
+    ``SIZES_OF_INTEREST`` through :func:`size_ranges_from_sizes` (None without
+    ``USE_SCALE_RANGES``).
     """
 
     assigner: str = "pseudo_iou"
@@ -156,25 +161,25 @@ class PointAssigner:
     tie_break: str = "min_area"
 
     def __post_init__(self):
-        if self.assigner not in ASSIGNERS:
-            raise ValueError(
-                f"MODEL.PSEUDO_IOU.ASSIGNER must be one of {ASSIGNERS}, got {self.assigner!r}"
-            )
-        if self.tie_break not in TIE_BREAKS:
-            raise ValueError(
-                f"MODEL.PSEUDO_IOU.TIE_BREAK must be one of {TIE_BREAKS}, got {self.tie_break!r}"
-            )
-        _check_unit_interval(self.pseudo_iou_thresh, "MODEL.PSEUDO_IOU.PSEUDO_IOU_THRESH")
-        _check_unit_interval(self.centerness_thresh, "MODEL.PSEUDO_IOU.CENTERNESS_THRESH")
-        if not float(self.scaled_box_factor) > 0.0:
-            raise ValueError(
-                "MODEL.PSEUDO_IOU.SCALED_BOX_FACTOR must be > 0, got " f"{self.scaled_box_factor!r}"
-            )
+        check_choice(_key("ASSIGNER", "assigner"), self.assigner, ASSIGNERS)
+        check_choice(_key("TIE_BREAK", "tie_break"), self.tie_break, TIE_BREAKS)
+        check_interval(
+            _key("PSEUDO_IOU_THRESH", "pseudo_iou_thresh"), float(self.pseudo_iou_thresh), 0, 1
+        )
+        check_interval(
+            _key("CENTERNESS_THRESH", "centerness_thresh"), float(self.centerness_thresh), 0, 1
+        )
+        check_min(
+            _key("SCALED_BOX_FACTOR", "scaled_box_factor"),
+            float(self.scaled_box_factor),
+            0.0,
+            strict=True,
+        )
         if self.size_ranges is not None:
             for low, high in self.size_ranges:
                 if not low < high:
                     raise ValueError(
-                        "MODEL.PSEUDO_IOU.SIZES_OF_INTEREST must be strictly increasing, got "
+                        f"{SIZES_OF_INTEREST_KEY} must be strictly increasing, got "
                         f"ranges {self.size_ranges}"
                     )
 
@@ -187,8 +192,9 @@ class PointAssigner:
             ranges = [(-float("inf"), float("inf"))] * num_levels
         elif len(self.size_ranges) != num_levels:
             raise ValueError(
-                f"{len(self.size_ranges)} size ranges (MODEL.PSEUDO_IOU.SIZES_OF_INTEREST + 1) "
-                f"for {num_levels} feature levels (MODEL.PSEUDO_IOU.IN_FEATURES)"
+                f"{len(self.size_ranges)} size ranges ({SIZES_OF_INTEREST_KEY} + 1) "
+                f"for {num_levels} feature levels "
+                f"({ConfigKey('MODEL.PSEUDO_IOU.IN_FEATURES', 'model.head_in_features')})"
             )
         else:
             ranges = self.size_ranges

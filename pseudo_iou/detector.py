@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from fvcore.nn import sigmoid_focal_loss_jit
 from torch import Tensor, nn
 
+from anchor_free.config import ConfigKey, check_choice, check_interval, check_min
 from anchor_free.distributed import reduce_mean
 from anchor_free.head import AnchorFreeHead
 from anchor_free.losses import giou_loss
@@ -32,7 +33,12 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-from .assignment import PointAssigner, centerness, size_ranges_from_sizes
+from .assignment import (
+    SIZES_OF_INTEREST_KEY,
+    PointAssigner,
+    centerness,
+    size_ranges_from_sizes,
+)
 
 __all__ = ["PseudoIoU", "PointTargets", "REG_LOSSES", "build_assigner"]
 
@@ -73,6 +79,8 @@ class PseudoIoU(AnchorFreeDetector):
     Mixed precision: the losses (``forward_training``) and the post-processing run in float32
     with autocast disabled (``PIOUHead.loss`` / ``get_bboxes`` are ``@force_fp32``).
     """
+
+    CONFIG_NODE = "MODEL.PSEUDO_IOU"
 
     @configurable
     def __init__(
@@ -118,10 +126,16 @@ class PseudoIoU(AnchorFreeDetector):
             test_nms_thresh, max_detections_per_image: class-aware NMS IoU, detections kept.
             pixel_mean, pixel_std, input_format, vis_period: as Detectron2's RetinaNet.
         """
-        if reg_loss_type not in REG_LOSSES:
-            raise ValueError(
-                f"MODEL.PSEUDO_IOU.REG_LOSS must be one of {REG_LOSSES}, got {reg_loss_type!r}"
-            )
+        _check_settings(
+            num_classes=num_classes,
+            focal_loss_alpha=focal_loss_alpha,
+            focal_loss_gamma=focal_loss_gamma,
+            reg_loss_type=reg_loss_type,
+            reg_loss_weight=reg_loss_weight,
+            test_score_thresh=test_score_thresh,
+            test_topk_candidates=test_topk_candidates,
+            test_nms_thresh=test_nms_thresh,
+        )
         super().__init__(
             backbone=backbone,
             head=head,
@@ -139,6 +153,13 @@ class PseudoIoU(AnchorFreeDetector):
             # The release decodes with distance2bbox(..., max_shape=img_shape): clipped boxes.
             clip_boxes_before_nms=True,
         )
+        if assigner.size_ranges is not None and len(assigner.size_ranges) != len(head_in_features):
+            sizes = ", ".join(f"{high:g}" for _, high in assigner.size_ranges[:-1])
+            raise ValueError(
+                f"{SIZES_OF_INTEREST_KEY} = [{sizes}] needs one value fewer than "
+                f"{_key('IN_FEATURES', 'head_in_features')} = {list(head_in_features)} (or set "
+                "MODEL.PSEUDO_IOU.USE_SCALE_RANGES False / model.assigner.size_ranges=None)"
+            )
         self.assigner = assigner
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
@@ -148,7 +169,6 @@ class PseudoIoU(AnchorFreeDetector):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        _validate_config(cfg)
         pcfg = cfg.MODEL.PSEUDO_IOU
         assigner = build_assigner(cfg)
         backbone, feature_shapes = build_backbone_for_head(
@@ -425,28 +445,30 @@ def build_assigner(cfg) -> PointAssigner:
     )
 
 
-def _validate_config(cfg) -> None:
-    """Errors naming the key and value for the MODEL.PSEUDO_IOU keys not checked elsewhere
-    (the assignment keys are checked by PointAssigner, PRIOR_PROB by the head)."""
-    pcfg = cfg.MODEL.PSEUDO_IOU
-    checks = [
-        ("NUM_CLASSES", pcfg.NUM_CLASSES >= 1, ">= 1"),
-        ("NUM_CONVS", pcfg.NUM_CONVS >= 0, ">= 0"),
-        ("FOCAL_LOSS_ALPHA", 0.0 <= pcfg.FOCAL_LOSS_ALPHA <= 1.0, "in [0, 1]"),
-        ("FOCAL_LOSS_GAMMA", pcfg.FOCAL_LOSS_GAMMA >= 0.0, ">= 0"),
-        ("POINT_OFFSET", 0.0 <= pcfg.POINT_OFFSET < 1.0, "in [0, 1)"),
-        ("REG_LOSS", pcfg.REG_LOSS in REG_LOSSES, f"one of {REG_LOSSES}"),
-        ("REG_LOSS_WEIGHT", pcfg.REG_LOSS_WEIGHT >= 0.0, ">= 0"),
-        ("SCORE_THRESH_TEST", 0.0 <= pcfg.SCORE_THRESH_TEST < 1.0, "in [0, 1)"),
-        ("TOPK_CANDIDATES_TEST", pcfg.TOPK_CANDIDATES_TEST >= 1, ">= 1"),
-        ("NMS_THRESH_TEST", 0.0 <= pcfg.NMS_THRESH_TEST <= 1.0, "in [0, 1]"),
-    ]
-    for key, ok, expected in checks:
-        if not ok:
-            raise ValueError(f"MODEL.PSEUDO_IOU.{key} must be {expected}, got {pcfg.get(key)!r}")
-    if pcfg.USE_SCALE_RANGES and len(pcfg.SIZES_OF_INTEREST) != len(pcfg.IN_FEATURES) - 1:
-        raise ValueError(
-            f"MODEL.PSEUDO_IOU.SIZES_OF_INTEREST={list(pcfg.SIZES_OF_INTEREST)} needs one value "
-            f"fewer than MODEL.PSEUDO_IOU.IN_FEATURES={list(pcfg.IN_FEATURES)} "
-            "(or set MODEL.PSEUDO_IOU.USE_SCALE_RANGES False)"
-        )
+def _key(name: str, python: str) -> ConfigKey:
+    return ConfigKey(f"MODEL.PSEUDO_IOU.{name}", f"model.{python}")
+
+
+def _check_settings(
+    *,
+    num_classes: int,
+    focal_loss_alpha: float,
+    focal_loss_gamma: float,
+    reg_loss_type: str,
+    reg_loss_weight: float,
+    test_score_thresh: float,
+    test_topk_candidates: int,
+    test_nms_thresh: float,
+) -> None:
+    """The checks of the detector's own settings (the assigner's are ``PointAssigner``'s, the
+    head's ``AnchorFreeHead``'s): errors name the yacs key and the Python-config attribute."""
+    check_min(_key("NUM_CLASSES", "num_classes"), num_classes, 1)
+    check_interval(_key("FOCAL_LOSS_ALPHA", "focal_loss_alpha"), focal_loss_alpha, 0, 1)
+    check_min(_key("FOCAL_LOSS_GAMMA", "focal_loss_gamma"), focal_loss_gamma, 0)
+    check_choice(_key("REG_LOSS", "reg_loss_type"), reg_loss_type, REG_LOSSES)
+    check_min(_key("REG_LOSS_WEIGHT", "reg_loss_weight"), reg_loss_weight, 0)
+    check_interval(
+        _key("SCORE_THRESH_TEST", "test_score_thresh"), test_score_thresh, 0, 1, closed="left"
+    )
+    check_min(_key("TOPK_CANDIDATES_TEST", "test_topk_candidates"), test_topk_candidates, 1)
+    check_interval(_key("NMS_THRESH_TEST", "test_nms_thresh"), test_nms_thresh, 0, 1)

@@ -218,5 +218,5 @@ def test_checkpoint_with_objects_of_a_missing_framework_loads(tmp_path, monkeypa
 
 def test_mmdetection_post_processing_keys_are_checked():
     _, config = _fixture("mmdet3_autoassign")
-    with pytest.raises(ValueError, match="MODEL.AUTOASSIGN.SCORE_THRESH_ON must be one of"):
+    with pytest.raises(ValueError, match=r"MODEL.AUTOASSIGN.SCORE_THRESH_ON \(Python config: model.score_thresh_on\) must be one of"):
         build_model(_cfg(config, "MODEL.AUTOASSIGN.SCORE_THRESH_ON", "obj"))
