@@ -16,9 +16,10 @@ the grid formula only chooses, per box and level, a range of candidate cells one
 the box on every side, which contains every point inside the box whatever the rounding of the
 given coordinates. So the result is that of the dense test on exactly those points.
 
-GPU-ready: the whole batch is one call (boxes of all images concatenated), with two
-synchronisations whatever the number of images and boxes (the number of candidate cells, and
-the number of pairs kept), and no host-to-device copy (per-level constants are filled on the
+GPU-ready: the whole batch is one call (boxes of all images concatenated), with three
+synchronisations whatever the number of images and boxes (``repeat_interleave``'s two host
+reads, the number of candidate cells and its check that none is negative, and the number of
+pairs kept), and no host-to-device copy (per-level constants are filled on the
 device).
 
 Naming: G boxes, L points (all levels), M pairs. Distances are in input pixels.

@@ -15,7 +15,7 @@ others have w+ = 0 and no gradient through it), so everything here works on thos
   gradients written out (``torch.autograd.Function``), so the autograd graph keeps the inputs
   and outputs only, and work in chunks of bounded size;
 * the whole batch is one set of pairs (object indices over the batch), so the loss has no
-  per-image or per-object host synchronisation (two per batch, in ``inbox_pairs``).
+  per-image or per-object host synchronisation (three per batch, in ``inbox_pairs``).
 
 Naming: G objects, L locations (all levels, finest first, row-major), K classes, M pairs.
 Distances are in input pixels unless said otherwise.

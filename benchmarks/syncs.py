@@ -11,12 +11,15 @@ synchronise on CUDA:
   ``aten.allclose`` (they return a Python value, which the host must wait for);
 * **data-dependent output sizes**: ``aten.nonzero`` (``torch.where(mask)``, ``argwhere``),
   ``aten.masked_select``, ``aten.index`` / ``aten.index_put(_)`` with a boolean index
-  (``x[mask]``, ``x[mask] = v``; counted once: CUDA runs a ``nonzero`` inside them, the CPU
+  (``x[mask]``, ``x[mask] = t`` with a device tensor ``t``; counted once: CUDA runs a ``nonzero`` inside them, the CPU
   dispatches no separate ``nonzero``; the backward of ``x[mask]`` is another ``index_put``
   with the mask, and it is counted too), ``aten._unique2`` and the other ``unique`` variants,
-  ``aten.bincount`` (its length is the maximum value), ``aten.repeat_interleave`` with tensor
-  repeats and no ``output_size``, torchvision's ``nms``: the host must learn the size before
-  it can allocate the output.
+  ``aten.bincount`` (its length is the maximum value), torchvision's ``nms``: the host must
+  learn the size before it can allocate the output;
+* ``aten.repeat_interleave`` with tensor repeats and no ``output_size`` counts **2**: CUDA's
+  ``repeat_interleave_common`` (``ATen/native/Repeat.h``) reads ``cumsum[-1].item()`` (the
+  output size) and then ``(repeats >= 0).all().item()`` (the check that no repeat is negative);
+  with ``output_size`` it reads neither, and with empty ``repeats`` it returns before both (0).
 
 A ``TorchFunctionMode`` adds what never reaches the dispatcher on the CPU, the copies between
 host and device:
@@ -33,6 +36,20 @@ host and device:
 Everything else, including ``.shape``, ``numel()``, ``topk``, ``sort``, ``max``, ``where`` with
 three arguments, ``masked_fill``, long-index ``index`` / ``index_put`` / ``scatter``, does not
 synchronise and is not counted.
+
+Not counted, because CUDA does not synchronise there although the CPU run dispatches something
+that looks as if it did:
+
+* a boolean-mask ``index_put_`` / ``index_put`` (``accumulate=False``) with a one-element value
+  on the host, which is what ``x[mask] = 0`` makes of a Python number on CUDA
+  (``THPVariable_setitem`` builds the value on the CPU for a CUDA tensor): ATen's
+  ``canDispatchToMaskedFill`` (``ATen/native/TensorAdvancedIndexingUtils.h``: one mask index,
+  on ``self``'s device, value of one element on the CPU) sends it to ``masked_fill_``, which
+  does not synchronise. A device tensor as the value, a second index, or ``accumulate=True``
+  goes through ``nonzero`` (1);
+* ``F.one_hot(x, num_classes)`` with ``num_classes`` given: on the CPU it reads the minimum and
+  maximum (2 host reads), on CUDA it relies on ``scatter_``'s device assert instead
+  (``ATen/native/Onehot.cpp``); without ``num_classes`` it reads the maximum (1).
 
 Which tensors are "on the host": on CUDA, the CPU tensors. On the CPU every tensor is a CPU
 tensor, so the counter simulates the placement the same code would have on CUDA: the
@@ -52,9 +69,10 @@ import collections
 import os
 import sys
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -102,21 +120,44 @@ def _tensors(tree: Any) -> List[Tensor]:
     return [t for t in tree_flatten(tree)[0] if isinstance(t, Tensor)]
 
 
-def _aten_sync_kind(func, args, kwargs) -> Optional[str]:
-    """The kind of synchronisation the aten op ``func`` forces on CUDA, or None."""
+def _aten_syncs(func, args, kwargs, is_host: Callable[[Tensor], bool]) -> Tuple[Optional[str], int]:
+    """(kind, number) of the synchronisations the aten op ``func`` forces on CUDA; (None, 0)
+    for none. ``is_host(t)``: whether ``t`` is a host tensor."""
     name = str(func.overloadpacket)
     if name in _HOST_READ:
-        return "host_read"
+        return "host_read", 1
     if name in _DATA_DEPENDENT:
-        return "data_dependent_size"
+        return "data_dependent_size", 1
     if name in _BOOL_INDEXED and len(args) > 1:
         indices = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
         if any(isinstance(i, Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices):
-            return "data_dependent_size"
+            if name != "aten.index" and _dispatches_to_masked_fill(args, kwargs, is_host):
+                return None, 0
+            return "data_dependent_size", 1
     if name == "aten.repeat_interleave" and kwargs.get("output_size") is None:
-        if any(isinstance(a, Tensor) for a in args[1:2]) or func._overloadname == "Tensor":
-            return "data_dependent_size"
-    return None
+        # The Tensor overload takes the repeats first; self_Tensor (self, repeats, dim).
+        repeats = args[0] if func._overloadname == "Tensor" else (args[1:2] or [None])[0]
+        if isinstance(repeats, Tensor):
+            # Repeat.h: cumsum[-1].item() and (repeats >= 0).all().item(), unless empty
+            return "data_dependent_size", 2 if repeats.numel() > 0 else 0
+    return None, 0
+
+
+def _dispatches_to_masked_fill(args, kwargs, is_host: Callable[[Tensor], bool]) -> bool:
+    """Whether a boolean-indexed ``index_put(_)`` goes to ``masked_fill_`` on CUDA (ATen's
+    ``canDispatchToMaskedFill``): not accumulating, a value of one element on the host, and
+    exactly one index, a mask on the indexed tensor's device (the other indices None)."""
+    self, indices = args[0], args[1]
+    value = args[2] if len(args) > 2 else kwargs.get("values")
+    accumulate = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
+    if accumulate or not isinstance(value, Tensor) or value.numel() != 1 or not is_host(value):
+        return False
+    given = [i for i in indices if i is not None]
+    return (
+        len(given) == 1
+        and given[0].dtype in (torch.bool, torch.uint8)
+        and is_host(given[0]) == is_host(self)
+    )
 
 
 class _State:
@@ -128,14 +169,16 @@ class _State:
         self.locations: collections.Counter = collections.Counter()
         self.host = WeakIdKeyDictionary()
         self.inputs = WeakIdKeyDictionary()
+        self.scalar_setitem = 0  # inside ``x[index] = number``: its value is made on the host
+        self.cuda_skips_reads = 0  # inside an op whose host reads run on the CPU only
         for t in host_inputs:
             self.host[t] = True
             self.inputs[t] = True
 
-    def count(self, kind: str, op: str) -> None:
-        self.counts[kind][op] += 1
+    def count(self, kind: str, op: str, number: int = 1) -> None:
+        self.counts[kind][op] += number
         if kind != "input_to_device":
-            self.locations[_caller()] += 1
+            self.locations[_caller()] += number
 
     def is_host(self, t: Tensor) -> bool:
         if not self.simulate:
@@ -161,12 +204,13 @@ class _DispatchCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         tensors = _tensors((args, kwargs))
         on_host = bool(tensors) and all(self.state.is_host(t) for t in tensors)
-        if tensors and not on_host:
-            kind = _aten_sync_kind(func, args, kwargs)
-            if kind is not None:
-                self.state.count(kind, str(func.overloadpacket))
+        if tensors and not on_host and not self.state.cuda_skips_reads:
+            kind, number = _aten_syncs(func, args, kwargs, self.state.is_host)
+            if number:
+                self.state.count(kind, str(func.overloadpacket), number)
         out = func(*args, **kwargs)
-        if on_host:
+        made_on_host = self.state.scalar_setitem and str(func.overloadpacket) == "aten.lift_fresh"
+        if on_host or made_on_host:
             self.state.mark(out, host=True)
         return out
 
@@ -220,6 +264,23 @@ class _FunctionCounter(TorchFunctionMode):
                     self._count("device_to_host", f"Tensor.{func.__name__}")
                 out = _fresh(out, src)
                 st.mark(out, host=to_host)
+            return out
+        if func is torch.Tensor.__setitem__ and not isinstance(args[2], Tensor):
+            # x[index] = number: THPVariable_setitem makes the number a CPU tensor for a CUDA x
+            st.scalar_setitem += 1
+            try:
+                return func(*args, **kwargs)
+            finally:
+                st.scalar_setitem -= 1
+        if func is F.one_hot and isinstance(args[0], Tensor) and not st.is_host(args[0]):
+            num_classes = args[1] if len(args) > 1 else kwargs.get("num_classes", -1)
+            st.cuda_skips_reads += 1  # Onehot.cpp: the min / max checks run off CUDA only
+            try:
+                out = func(*args, **kwargs)
+            finally:
+                st.cuda_skips_reads -= 1
+            if num_classes == -1 and args[0].numel() > 0:  # the maximum sizes the output
+                self._count("host_read", "aten._local_scalar_dense")
             return out
         if func is torch.Tensor.new_tensor and isinstance(args[0], Tensor):
             out = func(*args, **kwargs)

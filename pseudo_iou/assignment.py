@@ -281,7 +281,7 @@ class PointAssigner:
         The assignment the detector trains with, for a whole batch at once: the same outputs as
         ``__call__`` on ``points`` for each image, computed on the M in-box (point, box) pairs
         only (time and memory O(M + N R) instead of O(N R G)), with no per-image or per-box
-        host synchronisation (two per batch, inside
+        host synchronisation (three per batch, inside
         :func:`~anchor_free.inbox.inbox_pairs`).
 
         1. the (image, point, box) pairs with the point inside the box (strictly, or on a side

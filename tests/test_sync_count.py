@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -61,14 +62,82 @@ def test_data_dependent_ops():
     with SyncCounter() as c:
         torch.unique(v)
         torch.bincount(v)
-        torch.repeat_interleave(v)  # tensor repeats, no output_size
         v.masked_select(v > 1)
         z = v.clone()
-        z[v > 1] = 0  # boolean index_put_
+        z[v > 1] = v[:1].squeeze()  # boolean index_put_ of a device value: nonzero
     counts = c.counts["data_dependent_size"]
-    assert sum(counts.values()) == 5 == c.total
-    assert counts["aten.bincount"] == counts["aten.repeat_interleave"] == 1
-    assert counts["aten.masked_select"] == counts["aten.index_put_"] == 1
+    assert counts == {
+        "aten._unique2": 1, "aten.bincount": 1, "aten.masked_select": 1, "aten.index_put_": 1,
+    }  # fmt: skip
+    assert c.total == 4
+
+
+def test_repeat_interleave_without_output_size_reads_the_host_twice():
+    """ATen/native/Repeat.h: cumsum[-1].item() (the size) and (repeats >= 0).all().item()."""
+    v = torch.tensor([3, 1, 3, 0]) * 1  # a device tensor
+    x = torch.randn(4) * 1
+    cases = {
+        "torch.repeat_interleave(repeats)": (lambda: torch.repeat_interleave(v), 2),
+        "x.repeat_interleave(repeats, dim=0)": (lambda: x.repeat_interleave(v, dim=0), 2),
+        "one repeat for all, as a tensor": (lambda: x.repeat_interleave(v[:1], dim=0), 2),
+        "with output_size": (lambda: torch.repeat_interleave(v, output_size=7), 0),
+        "x.repeat_interleave(v, dim=0, output_size=7)": (
+            lambda: x.repeat_interleave(v, dim=0, output_size=7), 0),
+        "empty repeats (returns before reading)": (lambda: torch.repeat_interleave(v[:0]), 0),
+        "python int repeats": (lambda: x.repeat_interleave(2), 0),
+        "repeats on the host": (lambda: torch.repeat_interleave(torch.tensor([1, 2])), 0),
+    }  # fmt: skip
+    for name, (call, expected) in cases.items():
+        with SyncCounter() as c:
+            call()
+        assert c.total == expected, name
+        if expected:
+            assert c.counts["data_dependent_size"] == {"aten.repeat_interleave": expected}
+            assert list(c.by_location.values()) == [expected]
+
+
+def test_boolean_mask_assignment_of_a_host_scalar_is_a_masked_fill():
+    """On CUDA, ``x[mask] = number`` and ``x.index_put_((mask,), host_scalar)`` dispatch to
+    masked_fill_ (ATen's canDispatchToMaskedFill): no nonzero, no synchronisation. A device
+    value, more than one element, a second index or accumulate=True take the nonzero route."""
+    base = torch.randn(4, 3) * 1  # a device tensor
+    mask = base[:, 0] > 0  # device mask over dim 0
+    mask2 = base > 0  # over both dims
+    column = torch.tensor([True, False, True]) * 1 > 0  # a device mask over dim 1
+    cases = {
+        "x[mask] = 0": (lambda z: z.__setitem__(mask, 0), 0),
+        "x[mask2] = 1.5": (lambda z: z.__setitem__(mask2, 1.5), 0),
+        "x[:, column] = True": (lambda z: z.__setitem__((slice(None), column), True), 0),
+        "host 0-dim tensor value": (lambda z: z.__setitem__(mask, torch.tensor(2.0)), 0),
+        "index_put_ of a host scalar": (lambda z: z.index_put_((mask,), torch.tensor(2.0)), 0),
+        "index_put (out of place)": (lambda z: z.index_put((mask2,), torch.tensor(2.0)), 0),
+        "device 0-dim tensor value": (lambda z: z.__setitem__(mask, base[0, 0]), 1),
+        "host value of a row": (lambda z: z.__setitem__(mask, torch.zeros(3)), 1),
+        "accumulate=True": (
+            lambda z: z.index_put_((mask,), torch.tensor(2.0), accumulate=True), 1),
+        "x[mask] += 1 (a gather, then a device value)": (
+            lambda z: z.__setitem__(mask, z[mask] + 1), 2),
+    }  # fmt: skip
+    for name, (call, expected) in cases.items():
+        z = base.clone()
+        with SyncCounter() as c:
+            call(z)
+        assert c.total == expected, (name, c.counts)
+
+
+def test_one_hot_reads_the_host_only_without_num_classes():
+    """ATen/native/Onehot.cpp: the CPU checks the minimum and maximum (2 host reads); CUDA
+    reads nothing when num_classes is given, the maximum (1) when it is not."""
+    labels = torch.tensor([0, 2, 1]) * 1  # a device tensor
+    with SyncCounter() as c:
+        F.one_hot(labels, num_classes=4)
+        F.one_hot(labels, 3)
+        F.one_hot(labels[:0], 3)
+        F.one_hot(torch.tensor([0, 1]), 2)  # host labels: a host op, free
+    assert c.total == 0, c.counts
+    with SyncCounter() as c:
+        F.one_hot(labels)
+    assert c.counts["host_read"] == {"aten._local_scalar_dense": 1} and c.total == 1
 
 
 def test_cpu_run_simulates_where_tensors_live_on_cuda():
@@ -133,3 +202,21 @@ def test_cuda_debug_mode_sees_the_counted_synchronisations():
         x[x > 0].sum()
     assert c.total == 2
     assert cuda.total >= 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_debug_mode_agrees_on_repeat_interleave_and_masked_fill():
+    repeats = torch.tensor([3, 1, 0, 2], device="cuda")
+    x = torch.randn(4, 3, device="cuda")
+    mask = x > 0
+    for call, expected in (
+        (lambda: torch.repeat_interleave(repeats), 2),
+        (lambda: torch.repeat_interleave(repeats, output_size=6), 0),
+        (lambda: x.clone().__setitem__(mask, 0.0), 0),
+        (lambda: F.one_hot(repeats, 4), 0),
+    ):
+        with CudaSyncCounter() as cuda:
+            call()
+        with SyncCounter(device="cuda") as c:
+            call()
+        assert c.total == cuda.total == expected
