@@ -1,4 +1,5 @@
-"""Which device a run uses. ``MODEL.DEVICE`` is what the user asked for, and it is checked where
+"""Which device a run uses. ``MODEL.DEVICE`` (yacs) or ``train.device`` (Python configs) is what
+the user asked for, and it is checked where
 the config is read (and, for ``train_net.py``, in the launching process, before any worker
 starts): a run that asks for CUDA where there is none is an error, never a silent CPU run.
 Imports torch only, so ``python -m anchor_free_app.device`` answers in a second."""
@@ -6,7 +7,14 @@ import sys
 
 import torch
 
-__all__ = ["DeviceError", "available_device", "check_device", "check_launch"]
+__all__ = [
+    "DeviceError",
+    "PYTHON_DEVICE_KEY",
+    "YACS_DEVICE_KEY",
+    "available_device",
+    "check_device",
+    "check_launch",
+]
 
 
 class DeviceError(RuntimeError):
@@ -22,36 +30,45 @@ def _cuda_found() -> str:
     )
 
 
+YACS_DEVICE_KEY = "MODEL.DEVICE"
+PYTHON_DEVICE_KEY = "train.device"
+
+
+def _setting(key: str, value: str) -> str:
+    """How the command line sets ``key``: ``MODEL.DEVICE cpu`` (yacs), ``train.device=cpu``."""
+    return f"{key} {value}" if key == YACS_DEVICE_KEY else f"{key}={value}"
+
+
 def available_device() -> str:
     """``"cuda"`` when torch sees a GPU, else ``"cpu"``: what ``make demo`` passes as
     ``MODEL.DEVICE`` (``python -m anchor_free_app.device`` prints it)."""
     return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "cpu"
 
 
-def check_device(device: str) -> None:
+def check_device(device: str, key: str = YACS_DEVICE_KEY) -> None:
     """
-    Raise :class:`DeviceError` if ``device`` (``MODEL.DEVICE``) is a CUDA device that this
-    process cannot use: no CUDA at all, or ``cuda:K`` with K not below the device count. Other
-    devices (``cpu``, ...) are left to torch.
+    Raise :class:`DeviceError` if ``device`` (the config's ``key``: ``MODEL.DEVICE`` or
+    ``train.device``) is a CUDA device that this process cannot use: no CUDA at all, or
+    ``cuda:K`` with K not below the device count. Other devices (``cpu``, ...) are left to torch.
     """
     if not device.startswith("cuda"):
         return
     index = device.partition(":")[2]
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cpu = _setting(key, "cpu")
     if count == 0:
         raise DeviceError(
-            f"MODEL.DEVICE is {device!r} but CUDA is not available ({_cuda_found()}). "
-            "To run on the CPU, pass MODEL.DEVICE cpu (train_net.py: trailing 'MODEL.DEVICE "
-            "cpu', then --num-gpus N starts N CPU worker processes; demo.py: --opts MODEL.DEVICE "
-            "cpu)."
+            f"{key} is {device!r} but CUDA is not available ({_cuda_found()}). "
+            f"To run on the CPU, pass {cpu} (train_net.py: trailing '{cpu}', then --num-gpus N "
+            f"starts N CPU worker processes; demo.py: --opts {cpu})."
         )
     if index and (not index.isdigit() or int(index) >= count):
         raise DeviceError(
-            f"MODEL.DEVICE is {device!r} but there are {count} CUDA devices ({_cuda_found()})."
+            f"{key} is {device!r} but there are {count} CUDA devices ({_cuda_found()})."
         )
 
 
-def check_launch(device: str, num_gpus_per_machine: int) -> str:
+def check_launch(device: str, num_gpus_per_machine: int, key: str = YACS_DEVICE_KEY) -> str:
     """
     Check, in the launching process, that ``--num-gpus`` workers on ``MODEL.DEVICE`` can run on
     this machine; return a sentence saying what will run. CUDA: ``device`` must be usable
@@ -60,29 +77,29 @@ def check_launch(device: str, num_gpus_per_machine: int) -> str:
     """
     if num_gpus_per_machine < 1:
         raise ValueError(f"--num-gpus must be at least 1, got {num_gpus_per_machine}")
-    check_device(device)
+    check_device(device, key)
     if device.startswith("cuda"):
         count = torch.cuda.device_count()
         if num_gpus_per_machine > count:
             raise DeviceError(
                 f"--num-gpus {num_gpus_per_machine} but this machine has {count} CUDA devices "
-                f"({_cuda_found()}). Pass --num-gpus {count} or fewer, or MODEL.DEVICE cpu for "
+                f"({_cuda_found()}). Pass --num-gpus {count} or fewer, or {_setting(key, 'cpu')} for "
                 f"{num_gpus_per_machine} CPU worker processes."
             )
-        return f"MODEL.DEVICE {device}: {num_gpus_per_machine} GPU worker(s) per machine"
+        return f"{_setting(key, device)}: {num_gpus_per_machine} GPU worker(s) per machine"
     if device == "cpu":
         if num_gpus_per_machine == 1:
-            return "MODEL.DEVICE cpu: one process on the CPU"
+            return f"{_setting(key, 'cpu')}: one process on the CPU"
         return (
-            f"MODEL.DEVICE cpu: {num_gpus_per_machine} CPU worker processes per machine "
+            f"{_setting(key, 'cpu')}: {num_gpus_per_machine} CPU worker processes per machine "
             "(gloo backend)"
         )
     if num_gpus_per_machine > 1:
         raise DeviceError(
-            f"--num-gpus {num_gpus_per_machine} needs MODEL.DEVICE cuda (one process per GPU) "
+            f"--num-gpus {num_gpus_per_machine} needs {key} cuda (one process per GPU) "
             f"or cpu (CPU worker processes), not {device!r}."
         )
-    return f"MODEL.DEVICE {device}: one process"
+    return f"{_setting(key, device)}: one process"
 
 
 if __name__ == "__main__":

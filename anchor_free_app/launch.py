@@ -56,16 +56,18 @@ def launch(
     args: tuple = (),
     timeout: timedelta = timedelta(minutes=30),
     device: str = "cuda",
+    device_key: str = "MODEL.DEVICE",
 ):
     """
     Run ``main_func(*args)`` in ``num_gpus_per_machine`` worker processes per machine on
-    ``device`` (the config's ``MODEL.DEVICE``), checked first by :func:`check_launch`, so a
+    ``device`` (the config's ``device_key``: ``MODEL.DEVICE`` or ``train.device``), checked
+    first by :func:`check_launch`, so a
     GPU job on a machine without (enough) GPUs fails here, before any worker starts.
 
     CUDA: Detectron2's ``launch``. CPU with several workers: CPU worker processes with the gloo
     backend (Detectron2 v0.6's ``launch`` asserts CUDA; main's fails later in DDP).
     """
-    logger.info(check_launch(device, num_gpus_per_machine))
+    logger.info(check_launch(device, num_gpus_per_machine, device_key))
     world_size = num_machines * num_gpus_per_machine
     if device != "cpu" or world_size == 1:
         return d2_launch(

@@ -73,9 +73,11 @@ class AutoAssign(AnchorFreeDetector):
     * zero-valued terms keep the box branch and mu/sigma in the graph, so every loss is finite
       and every parameter gets a (possibly zero) gradient on every worker.
 
-    At test time only ``inference_scores`` (cls x obj, no square root) and the base class's
-    threshold (on cls x obj, ``test_score_thresh``) / top-k / decode / class-aware NMS run, with
-    no clipping before NMS (as released); no weighting or assignment code does.
+    At test time only ``inference_score_terms`` (cls x obj, no square root) and the base class's
+    threshold (on cls x obj, ``test_score_thresh``) / per-level candidates (as released: the
+    ``min(test_topk_candidates, H_l x W_l)`` best pairs, then the threshold) / decode /
+    class-aware NMS run, with no clipping before NMS (as released); no weighting or assignment
+    code does.
 
     Mixed precision: ``forward_training`` runs with autocast disabled on float32 head outputs
     (mmdet's AutoAssign port: ``@force_fp32`` on ``loss``; the release trains in float32 only).
@@ -112,6 +114,7 @@ class AutoAssign(AnchorFreeDetector):
         vis_period: int = 0,
         score_thresh_on: str = "cls_obj",
         clip_boxes_before_nms: bool = False,
+        test_topk_candidates_rule: str = "cvpods",
     ):
         """
         Args:
@@ -121,7 +124,10 @@ class AutoAssign(AnchorFreeDetector):
             score_thresh_on: "cls_obj" (release: ``test_score_thresh`` on cls x obj) or "cls"
                 (mmdetection: on the class probability, the score being cls x obj).
             clip_boxes_before_nms: clip the boxes and drop those left empty before NMS
-                (mmdetection); the release clips after NMS only. ``head`` must return objectness logits unless
+                (mmdetection); the release clips after NMS only.
+            test_topk_candidates_rule: each level's candidates (``TOPK_CANDIDATES_RULE``):
+                "cvpods" (release), "mmdet3" (mmdetection), "detectron2" (FCOS) or "mmdet2";
+                see ``anchor_free.meta_arch.TOPK_CANDIDATES_RULES``. ``head`` must return objectness logits unless
                 ``objectness == "none"``.
             center_prior: the center weighting module (owns mu and sigma).
             confidence: "joint", "cls_only", "loc_only" or "none" (see ``positive_terms``).
@@ -162,8 +168,16 @@ class AutoAssign(AnchorFreeDetector):
             vis_period=vis_period,
             clip_boxes_before_nms=clip_boxes_before_nms,
             drop_empty_boxes_before_nms=clip_boxes_before_nms,
+            test_topk_candidates_rule=test_topk_candidates_rule,
         )
         self.score_thresh_on = score_thresh_on
+        has_objectness = getattr(head, "quality", None) is not None
+        if has_objectness != (objectness != "none"):
+            raise ValueError(
+                f"{_key('OBJECTNESS', 'objectness')} is {objectness!r} but the head has "
+                f"{'an' if has_objectness else 'no'} objectness branch: build it with "
+                f"use_quality={objectness != 'none'} (Python config: model.head.use_quality)"
+            )
         self.center_prior = center_prior
         self.confidence = confidence
         self.objectness = objectness
@@ -407,33 +421,23 @@ class AutoAssign(AnchorFreeDetector):
     # ------------------------------------------------------------------------------------------
     # Inference
     # ------------------------------------------------------------------------------------------
-    @property
-    def decode_score_thresh(self) -> float:
-        """``test_score_thresh`` on the score (release), or 0 when :meth:`inference_scores`
-        thresholds the class probability itself (``score_thresh_on == "cls"``)."""
-        return 0.0 if self.score_thresh_on == "cls" else self.test_score_thresh
-
-    def inference_scores(self, cls_logits: Tensor, quality_logits: Optional[Tensor]) -> Tensor:
+    def inference_score_terms(
+        self, cls_logits: Tensor, quality_logits: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor]:
         """
         Args:
             cls_logits: (R, K); quality_logits: (R, 1) objectness logits or None.
         Returns:
-            (R, K) sigmoid(cls) x sigmoid(obj) (no square root, the release's
+            scores: (R, K) sigmoid(cls) x sigmoid(obj) (no square root, the release's
             ``AutoAssign.inference_single_image``); sigmoid(cls) without an objectness branch.
-            With ``score_thresh_on == "cls"`` (mmdetection), pairs whose class probability is
-            <= ``test_score_thresh`` get 0 and the others a score > 0.
+            thresholded: (R, K) the scores (release), or with ``score_thresh_on == "cls"``
+            (mmdetection) the class probabilities.
         """
         cls_prob = cls_logits.sigmoid()
         scores = cls_prob
         if quality_logits is not None:
             scores = scores * quality_logits.sigmoid()
-        if self.score_thresh_on == "cls":
-            # torch.finfo(torch.float32).tiny as a literal (scores are float32 here; TorchScript
-            # compiles neither torch.finfo nor a global float), as PseudoIoU.inference_scores.
-            scores = scores.clamp(min=1.1754943508222875e-38)
-            keep = cls_prob > self.test_score_thresh
-            scores = torch.where(keep, scores, torch.zeros_like(scores))
-        return scores
+        return scores, (cls_prob if self.score_thresh_on == "cls" else scores)
 
 
 def _key(name: str, python: str) -> ConfigKey:
