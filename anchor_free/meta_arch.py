@@ -1,8 +1,9 @@
 """``AnchorFreeDetector``: what Pseudo-IoU and AutoAssign share on top of Detectron2's
 ``DenseDetector``: one point per feature-map cell, the :class:`AnchorFreeHead` outputs, and
-FCOS-style inference (threshold, top-k per level, decode, optional clip, class-aware NMS,
-detection cap) through Detectron2's per-level decode helper. Subclasses implement
-``forward_training`` and ``inference_scores``; label assignment never runs at test time.
+FCOS-style inference (per level: threshold and top-k candidates by the rule of the source being
+reproduced, :data:`TOPK_CANDIDATES_RULES`; decode, optional clip, class-aware NMS, detection
+cap). Subclasses implement ``forward_training`` and ``inference_score_terms``; label assignment
+never runs at test time.
 
 Mixed precision (``SOLVER.AMP.ENABLED``, i.e. the forward pass under ``torch.autocast``): the
 backbone and the head's convs run in float16 / bfloat16; every loss and the post-processing run
@@ -25,9 +26,10 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 
-from .config import ConfigKey
+from .config import ConfigKey, check_choice
 
 __all__ = [
+    "TOPK_CANDIDATES_RULES",
     "AnchorFreeDetector",
     "autocast_disabled",
     "build_point_generator",
@@ -37,6 +39,27 @@ __all__ = [
 
 
 _Method = TypeVar("_Method", bound=Callable)
+
+#: How each level's (location, class) candidates are chosen at inference
+#: (``MODEL.<DETECTOR>.TOPK_CANDIDATES_RULE``, ``model.test_topk_candidates_rule``), with
+#: ``K = test_topk_candidates``, "above the threshold" meaning that the pair's thresholded value
+#: (:meth:`AnchorFreeDetector.inference_score_terms`) is ``> test_score_thresh``, and ``H x W``
+#: the level's number of locations:
+#:
+#: * "detectron2": the K best pairs above the threshold, by score (Detectron2's
+#:   ``DenseDetector._decode_per_level_predictions``, FCOS and RetinaNet).
+#: * "cvpods": the ``min(K, H x W)`` best pairs by score, then those above the threshold (the
+#:   AutoAssign release, ``auto_assign.res50.fpn.coco.800size.1x/auto_assign.py``
+#:   ``AutoAssign.inference_single_image``: at most as many candidates as the level has
+#:   locations).
+#: * "mmdet2": if ``H x W > K``, the K locations whose best score over the classes is highest
+#:   (scores below the threshold included), then every pair of them above the threshold, any
+#:   number (mmdetection 2.x ``nms_pre``: the Pseudo-IoU release's ``PIOUHead._get_bboxes``,
+#:   mmdetection 2.11 ``FCOSHead._get_bboxes``).
+#: * "mmdet3": the K best pairs above the threshold, ranked by the thresholded value (the class
+#:   probability when ``score_thresh_on`` is "cls"), not by the score (mmdetection 3.x
+#:   ``BaseDenseHead._predict_by_feat_single`` + ``filter_scores_and_topk``).
+TOPK_CANDIDATES_RULES = ("detectron2", "cvpods", "mmdet2", "mmdet3")
 
 
 class PointBoxTransform:
@@ -254,8 +277,8 @@ class AnchorFreeDetector(DenseDetector):
     Inference attributes, read at every call (set them on a built model to change inference):
     ``test_score_thresh``, ``test_topk_candidates``, ``test_nms_thresh``,
     ``max_detections_per_image`` (the names of Detectron2's ``RetinaNet`` and ``FCOS``) and
-    ``clip_boxes_before_nms``. What ``test_score_thresh`` thresholds is the subclass's choice
-    (:meth:`inference_scores`, :attr:`decode_score_thresh`).
+    ``clip_boxes_before_nms``, ``test_topk_candidates_rule``. What ``test_score_thresh``
+    thresholds is the subclass's choice (:meth:`inference_score_terms`).
 
     Subclasses set in ``__init__`` (after ``super().__init__``): nothing beyond the arguments;
     ``CONFIG_NODE`` names their yacs node in error messages.
@@ -281,6 +304,7 @@ class AnchorFreeDetector(DenseDetector):
         vis_period: int = 0,
         clip_boxes_before_nms: bool = False,
         drop_empty_boxes_before_nms: bool = False,
+        test_topk_candidates_rule: str = "detectron2",
     ):
         """
         Args:
@@ -301,7 +325,16 @@ class AnchorFreeDetector(DenseDetector):
                 clipping leaves empty (boxes of points in the padding) before NMS, as
                 mmdetection 3's ``BaseDenseHead._bbox_post_process`` (``min_bbox_size`` 0);
                 else ``detector_postprocess`` drops them after NMS and the detection cap.
+            test_topk_candidates_rule: how each level's candidates are chosen from the pairs
+                above ``test_score_thresh`` and ``test_topk_candidates``, one of
+                :data:`TOPK_CANDIDATES_RULES` (checked here, the error naming the yacs key
+                ``<CONFIG_NODE>.TOPK_CANDIDATES_RULE``).
         """
+        check_choice(
+            ConfigKey(f"{self.CONFIG_NODE}.TOPK_CANDIDATES_RULE", "model.test_topk_candidates_rule"),
+            test_topk_candidates_rule,
+            TOPK_CANDIDATES_RULES,
+        )
         _check_levels(
             ConfigKey(f"{self.CONFIG_NODE}.IN_FEATURES", "model.head_in_features"),
             backbone,
@@ -324,6 +357,7 @@ class AnchorFreeDetector(DenseDetector):
         self.vis_period = vis_period
         self.clip_boxes_before_nms = clip_boxes_before_nms
         self.drop_empty_boxes_before_nms = drop_empty_boxes_before_nms
+        self.test_topk_candidates_rule = test_topk_candidates_rule
 
     @staticmethod
     def base_kwargs_from_config(cfg: CfgNode, head_cfg: CfgNode) -> Dict:
@@ -333,6 +367,7 @@ class AnchorFreeDetector(DenseDetector):
             "num_classes": head_cfg.NUM_CLASSES,
             "test_score_thresh": head_cfg.SCORE_THRESH_TEST,
             "test_topk_candidates": head_cfg.TOPK_CANDIDATES_TEST,
+            "test_topk_candidates_rule": head_cfg.TOPK_CANDIDATES_RULE,
             "test_nms_thresh": head_cfg.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -344,13 +379,6 @@ class AnchorFreeDetector(DenseDetector):
     @property
     def strides(self) -> List[int]:
         return [int(s) for s in self.point_generator.strides]
-
-    @property
-    def decode_score_thresh(self) -> float:
-        """The threshold the decode step applies to :meth:`inference_scores` (scores above it
-        are kept): ``test_score_thresh`` unless a subclass thresholds inside
-        ``inference_scores`` instead."""
-        return self.test_score_thresh
 
     def transpose_head_outputs(
         self, predictions: Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]]]
@@ -375,15 +403,29 @@ class AnchorFreeDetector(DenseDetector):
             )
         return cls_logits, box_ltrb, quality_logits
 
-    def inference_scores(self, cls_logits: Tensor, quality_logits: Optional[Tensor]) -> Tensor:
+    def inference_score_terms(
+        self, cls_logits: Tensor, quality_logits: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor]:
         """
         Args:
             cls_logits: (R, K) of one level and image; quality_logits: (R, 1) or None.
         Returns:
-            (R, K) scores, float32; entries <= :attr:`decode_score_thresh` are dropped before
-            the top-k.
+            scores: (R, K) float32, the detection score of each (location, class) pair;
+            thresholded: (R, K), the value compared with ``test_score_thresh`` (pairs at or
+            below it are dropped): ``scores`` itself or the class probability.
         """
         raise NotImplementedError
+
+    def inference_scores(self, cls_logits: Tensor, quality_logits: Optional[Tensor]) -> Tensor:
+        """
+        (R, K) the score of each pair above the threshold (at least float32's smallest normal
+        number, so > 0), 0 for the others: :meth:`inference_score_terms` in one tensor.
+        """
+        scores, thresholded = self.inference_score_terms(cls_logits, quality_logits)
+        # torch.finfo(torch.float32).tiny as a literal: TorchScript compiles neither
+        # torch.finfo nor a global float.
+        kept = scores.clamp(min=1.1754943508222875e-38)
+        return torch.where(thresholded > self.test_score_thresh, kept, torch.zeros_like(scores))
 
     @autocast_disabled
     def forward_inference(
@@ -404,51 +446,50 @@ class AnchorFreeDetector(DenseDetector):
         points = self.point_generator(features)
         results: List[Instances] = []
         for img_idx, image_size in enumerate(images.image_sizes):
-            scores = [
-                self.inference_scores(
+            terms = [
+                self.inference_score_terms(
                     cls_l[img_idx], None if quality_logits is None else quality_logits[l][img_idx]
                 )
                 for l, cls_l in enumerate(cls_logits)
             ]
             ltrb = [x[img_idx] for x in box_ltrb]
-            results.append(self.inference_single_image(points, scores, ltrb, image_size))
+            results.append(self.inference_single_image(points, terms, ltrb, image_size))
         return results
 
     def inference_single_image(
         self,
         points: List[Boxes],
-        scores: List[Tensor],
+        score_terms: List[Tuple[Tensor, Tensor]],
         box_ltrb: List[Tensor],
         image_size: Tuple[int, int],
     ) -> Instances:
         """
         Args:
             points: per level, Boxes (Ri, 4) of stride-sized squares around the points.
-            scores: per level (Ri, K); box_ltrb: per level (Ri, 4) in stride units.
+            score_terms: per level, (scores, thresholded) (Ri, K) each
+                (:meth:`inference_score_terms`); box_ltrb: per level (Ri, 4) in stride units.
         Returns:
             Instances with pred_boxes, scores, pred_classes; at most
             ``max_detections_per_image``, sorted by decreasing score.
 
-        Per level: the (point, class) pairs whose score is > :attr:`decode_score_thresh`, the
-        ``test_topk_candidates`` best of them, decoded (Detectron2's
-        ``DenseDetector._decode_per_level_predictions``, called per level with these values
-        because v0.6's ``_decode_multi_level_predictions`` ignores its threshold argument);
-        then, over the levels, clipping to ``image_size`` if ``clip_boxes_before_nms``,
-        class-aware NMS at ``test_nms_thresh`` and the ``max_detections_per_image`` best.
+        Per level: the candidates of :meth:`select_candidates`, decoded (as Detectron2's
+        ``DenseDetector._decode_per_level_predictions``); then, over the levels, clipping to
+        ``image_size`` if ``clip_boxes_before_nms``, class-aware NMS at ``test_nms_thresh`` and
+        the ``max_detections_per_image`` best.
         """
-        # predictions[0].cat, not Instances.cat: TorchScript compiles the former (Detectron2's
-        # DenseDetector._decode_multi_level_predictions does the same).
-        per_level = [
-            self._decode_per_level_predictions(
-                points_l,
-                scores_l,
-                ltrb_l,
-                self.decode_score_thresh,
-                self.test_topk_candidates,
-                image_size,
+        per_level: List[Instances] = []
+        for points_l, (scores_l, thresholded_l), ltrb_l in zip(points, score_terms, box_ltrb):
+            scores_l, locations, classes = self.select_candidates(scores_l, thresholded_l)
+            boxes = self.box2box_transform.apply_deltas(
+                ltrb_l[locations], points_l.tensor[locations]
             )
-            for points_l, scores_l, ltrb_l in zip(points, scores, box_ltrb)
-        ]
+            per_level.append(
+                Instances(
+                    image_size, pred_boxes=Boxes(boxes), scores=scores_l, pred_classes=classes
+                )
+            )
+        # per_level[0].cat, not Instances.cat: TorchScript compiles the former (Detectron2's
+        # DenseDetector._decode_multi_level_predictions does the same).
         pred = per_level[0].cat(per_level)
         if self.clip_boxes_before_nms:
             pred.pred_boxes.clip(image_size)
@@ -458,3 +499,44 @@ class AnchorFreeDetector(DenseDetector):
             pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
         )
         return pred[keep[: self.max_detections_per_image]]
+
+    def select_candidates(
+        self, scores: Tensor, thresholded: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """
+        One level's candidates by ``test_topk_candidates_rule`` (:data:`TOPK_CANDIDATES_RULES`).
+
+        Args:
+            scores, thresholded: (R, K) of one level and image (:meth:`inference_score_terms`).
+        Returns:
+            the C candidates' scores (C,), location indices (C,) in [0, R) and class indices
+            (C,) in [0, K).
+        """
+        rule = self.test_topk_candidates_rule
+        topk = self.test_topk_candidates
+        if rule == "cvpods":
+            num_classes = scores.shape[1]
+            top, flat = scores.flatten().topk(_num_topk(scores.shape[0], topk))
+            keep = thresholded.flatten()[flat] > self.test_score_thresh
+            flat = flat[keep]
+            return top[keep], torch.div(flat, num_classes, rounding_mode="floor"), flat % num_classes
+        if rule == "mmdet2":
+            locations = scores.max(dim=1)[0].topk(_num_topk(scores.shape[0], topk))[1]
+            pairs = (thresholded[locations] > self.test_score_thresh).nonzero()
+            locations, classes = locations[pairs[:, 0]], pairs[:, 1]
+            return scores[locations, classes], locations, classes
+        keep = thresholded > self.test_score_thresh
+        rank = thresholded[keep] if rule == "mmdet3" else scores[keep]
+        pairs = keep.nonzero()[rank.topk(_num_topk(rank.shape[0], topk))[1]]
+        locations, classes = pairs[:, 0], pairs[:, 1]
+        return scores[locations, classes], locations, classes
+
+
+def _num_topk(size: int, k: int) -> int:
+    """``min(size, k)``, where ``size`` is a tensor's ``shape[i]``: when tracing, that is a
+    tensor, and ``torch.clamp`` keeps it in the graph (Detectron2 main's
+    ``DenseDetector._decode_per_level_predictions``), so that an exported model takes the
+    minimum at the size it is run at, not at the size it was traced at."""
+    if isinstance(size, Tensor):
+        return torch.clamp(size, max=k)
+    return min(size, k)

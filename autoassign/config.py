@@ -80,6 +80,14 @@ def add_autoassign_config(cfg: CN) -> None:
     # AutoAssign.inference_single_image), or "cls", the class probability alone, the score
     # still being cls x obj (mmdetection, BaseDenseHead._predict_by_feat_single).
     _C.MODEL.AUTOASSIGN.SCORE_THRESH_ON = "cls_obj"
+    # Inference: how each level's candidates are chosen with TOPK_CANDIDATES_TEST (K):
+    # "cvpods" (release, AutoAssign.inference_single_image: the min(K, H_l x W_l) best
+    # (location, class) pairs by score, then the threshold), "mmdet3" (mmdetection 3.x
+    # filter_scores_and_topk: the K best pairs above the threshold, ranked by the thresholded
+    # value), "detectron2" (FCOS: the K best pairs above the threshold, by score) or "mmdet2"
+    # (nms_pre: the K locations of best score if there are more, then the threshold);
+    # anchor_free.meta_arch.TOPK_CANDIDATES_RULES.
+    _C.MODEL.AUTOASSIGN.TOPK_CANDIDATES_RULE = "cvpods"
     # Inference: clip the boxes to the image and drop those left empty before NMS (mmdetection:
     # distance2bbox with max_shape, _bbox_post_process); False: clipped after NMS (release).
     _C.MODEL.AUTOASSIGN.CLIP_BOXES_BEFORE_NMS = False

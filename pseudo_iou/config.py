@@ -75,7 +75,13 @@ def add_pseudo_iou_config(cfg: CN) -> None:
     # release config). Detections per image: TEST.DETECTIONS_PER_IMAGE.
     # Keep (point, class) pairs whose class probability (before the centerness product) is > this.
     _C.MODEL.PSEUDO_IOU.SCORE_THRESH_TEST = 0.05
-    # Candidates kept per level before NMS, ranked by the final score.
+    # Candidates kept per level before NMS (see TOPK_CANDIDATES_RULE).
     _C.MODEL.PSEUDO_IOU.TOPK_CANDIDATES_TEST = 1000
+    # How each level's candidates are chosen with TOPK_CANDIDATES_TEST (K): "mmdet2" (release,
+    # mmdetection 2.11 nms_pre: if the level has more than K locations, the K whose best
+    # cls x centerness is highest, then every pair of them above the threshold), "detectron2"
+    # (the K best (point, class) pairs above the threshold, by score), "mmdet3" (ranked by the
+    # class probability) or "cvpods"; anchor_free.meta_arch.TOPK_CANDIDATES_RULES.
+    _C.MODEL.PSEUDO_IOU.TOPK_CANDIDATES_RULE = "mmdet2"
     # IoU threshold of the class-aware NMS.
     _C.MODEL.PSEUDO_IOU.NMS_THRESH_TEST = 0.5

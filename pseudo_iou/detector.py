@@ -73,7 +73,9 @@ class PseudoIoU(AnchorFreeDetector):
 
     Inference as released (``PIOUHead._get_bboxes`` and mmdet's ``multiclass_nms``): the class
     probability is thresholded at ``test_score_thresh``, the score is cls x centerness (no
-    square root), the boxes are clipped to the image before NMS. Set ``model.test_score_thresh``
+    square root), each level keeps its ``test_topk_candidates`` locations of best score when it
+    has more (mmdetection 2's ``nms_pre``, ``test_topk_candidates_rule`` "mmdet2"), the boxes are
+    clipped to the image before NMS. Set ``model.test_score_thresh``
     on a built model to change the class-probability threshold, as on Detectron2's RetinaNet.
 
     Mixed precision: the losses (``forward_training``) and the post-processing run in float32
@@ -105,6 +107,7 @@ class PseudoIoU(AnchorFreeDetector):
         pixel_std: Tuple[float, ...],
         input_format: str = "BGR",
         vis_period: int = 0,
+        test_topk_candidates_rule: str = "mmdet2",
     ):
         """
         Args:
@@ -121,8 +124,11 @@ class PseudoIoU(AnchorFreeDetector):
             test_score_thresh: threshold on the *class* probability (mmdet's ``score_thr``):
                 (point, class) pairs whose class probability is <= it are dropped, whatever
                 their centerness; the others keep the score cls x centerness, however small.
-            test_topk_candidates: (point, class) pairs kept per level, by decreasing score,
-                before NMS (the release keeps ``nms_pre`` = 1000 points by their best score).
+            test_topk_candidates: candidates kept per level before NMS, as
+                ``test_topk_candidates_rule`` says (``TOPK_CANDIDATES_RULE``): "mmdet2" (release:
+                ``nms_pre`` = 1000 points by their best score, then the threshold), or
+                "detectron2" / "mmdet3" / "cvpods" (pairs; see
+                ``anchor_free.meta_arch.TOPK_CANDIDATES_RULES``).
             test_nms_thresh, max_detections_per_image: class-aware NMS IoU, detections kept.
             pixel_mean, pixel_std, input_format, vis_period: as Detectron2's RetinaNet.
         """
@@ -152,6 +158,7 @@ class PseudoIoU(AnchorFreeDetector):
             vis_period=vis_period,
             # The release decodes with distance2bbox(..., max_shape=img_shape): clipped boxes.
             clip_boxes_before_nms=True,
+            test_topk_candidates_rule=test_topk_candidates_rule,
         )
         if assigner.size_ranges is not None and len(assigner.size_ranges) != len(head_in_features):
             sizes = ", ".join(f"{high:g}" for _, high in assigner.size_ranges[:-1])
@@ -402,30 +409,22 @@ class PseudoIoU(AnchorFreeDetector):
         storage.put_scalar("pseudo_iou/num_objects_without_pos", without_pos)
 
     # ------------------------------------------------------------------------------ inference
-    @property
-    def decode_score_thresh(self) -> float:
-        """0: :meth:`inference_scores` already applies ``test_score_thresh`` to the class
-        probability and leaves every kept pair a score > 0."""
-        return 0.0
-
-    def inference_scores(self, cls_logits: Tensor, quality_logits: Optional[Tensor]) -> Tensor:
+    def inference_score_terms(
+        self, cls_logits: Tensor, quality_logits: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor]:
         """
-        Threshold the class probability, then score = cls x centerness (no square root), as
-        mmdet's ``multiclass_nms(..., score_thr, score_factors=centerness)`` in the release.
+        Threshold the class probability, score = cls x centerness (no square root), as mmdet's
+        ``multiclass_nms(..., score_thr, score_factors=centerness)`` in the release.
 
         Args:
             cls_logits: (R, K); quality_logits: (R, 1) centerness logits, or None.
         Returns:
-            (R, K): the score where ``sigmoid(cls) > test_score_thresh`` (clamped to be > 0, so
-            that the decode filter ``> decode_score_thresh = 0`` keeps exactly these), else 0.
+            scores: (R, K) sigmoid(cls) x sigmoid(centerness) (sigmoid(cls) without it);
+            thresholded: (R, K) sigmoid(cls).
         """
         cls_prob = cls_logits.sigmoid()
-        keep = cls_prob > self.test_score_thresh
         scores = cls_prob if quality_logits is None else cls_prob * quality_logits.sigmoid()
-        # torch.finfo(torch.float32).tiny (scores are float32 here, see forward_inference) as a
-        # literal: TorchScript compiles neither torch.finfo nor a global float.
-        scores = scores.clamp(min=1.1754943508222875e-38)
-        return torch.where(keep, scores, torch.zeros_like(scores))
+        return scores, cls_prob
 
 
 def build_assigner(cfg) -> PointAssigner:

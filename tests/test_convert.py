@@ -4,7 +4,8 @@ checkpoint and its outputs on two images, written by tools/parity/ (mmdetection 
 the Pseudo-IoU authors' PIOUHead in mmdetection 2.11; the AutoAssign authors' released
 auto_assign.py with cvpods' box and shift code on Detectron2). The converted checkpoint
 must load with the strict --eval-only loader and reproduce every level's outputs (1e-4) and the
-detections; a checkpoint of another layout must fail naming its keys."""
+detections, also under test settings where the sources' per-level candidate caps drop candidates
+(capped.pth); a checkpoint of another layout must fail naming its keys."""
 import os
 
 import pytest
@@ -38,9 +39,9 @@ def _fixture(name):
     return folder, os.path.join(folder, "config.yaml")
 
 
-def _converted_model(name, tmp_path):
+def _converted_model(name, tmp_path, *opts):
     folder, config = _fixture(name)
-    cfg = _cfg(config)
+    cfg = _cfg(config, *opts)
     dst = str(tmp_path / f"{name}.pth")
     report = convert_checkpoint(os.path.join(folder, "source.pth"), dst, "auto", cfg)
     model = build_model(cfg)
@@ -87,6 +88,74 @@ def test_fixture_converts_and_matches_source_outputs(name, source, arch, tmp_pat
             # border); Detectron2 drops them after NMS: everything else is the same.
             assert det["matched"] + det["source_empty"] == det["source"], det
             assert det["ours"] == det["matched"], det
+
+
+def _identical(det, source):
+    """The detections are the source's: every one matched (mmdet 2.11 also outputs the empty
+    boxes of points in the padding, which Detectron2 drops after NMS), none of ours extra."""
+    if source == "mmdet2-pseudo-iou":
+        return det["matched"] + det["source_empty"] == det["source"] and det["ours"] == det["matched"]
+    return det["matched"] == det["source"] == det["ours"]
+
+
+def _levels_over_cap(levels, rule, thresh, topk):
+    """The levels of one image (the source's raw outputs) where the source's candidate cap
+    drops pairs above the threshold: more pairs above it than ``topk`` (mmdet3) or than
+    ``min(topk, H x W)`` (cvpods), or more locations than ``topk`` of which some left out have
+    a pair above it (mmdet2)."""
+    over = []
+    for l, level in enumerate(levels):
+        cls = level["cls"].sigmoid().flatten(1).T  # (HW, K)
+        score = cls * level["quality"].sigmoid().flatten(1).T
+        if rule == "mmdet2":
+            dropped = torch.ones(len(cls), dtype=torch.bool)
+            dropped[score.max(dim=1).values.topk(min(topk, len(cls))).indices] = False
+            hit = bool((cls[dropped] > thresh).any())
+        elif rule == "mmdet3":
+            hit = int((cls > thresh).sum()) > topk
+        else:
+            hit = int((score > thresh).sum()) > min(topk, len(cls))
+        if hit:
+            over.append(l)
+    return over
+
+
+@pytest.mark.parametrize(
+    "name,source,rule",
+    [
+        ("mmdet2_pseudo_iou", "mmdet2-pseudo-iou", "mmdet2"),
+        ("mmdet3_autoassign", "mmdet3-autoassign", "mmdet3"),
+        ("cvpods_autoassign", "cvpods-autoassign", "cvpods"),
+    ],
+)
+def test_capped_fixture_gives_the_sources_detections(name, source, rule, tmp_path):
+    """capped.pth: the source's detections under test settings where some levels have more
+    candidates above the threshold than the source keeps (mmdetection 2 ``nms_pre`` locations,
+    mmdetection 3 ``filter_scores_and_topk``, the release's ``min(topk_candidates, H x W)``), up
+    to 1000 per image. The fixture's config (the source's *_mmdet / *_cvpods config) selects the
+    source's rule and gives the very same detections; every other rule, and no cap, does not."""
+    from anchor_free.meta_arch import TOPK_CANDIDATES_RULES
+
+    folder, _ = _fixture(name)
+    src = torch.load(os.path.join(folder, "outputs.pth"), weights_only=True)
+    capped = torch.load(os.path.join(folder, "capped.pth"), weights_only=True)
+    model, _, _ = _converted_model(name, tmp_path, *capped["opts"])
+    assert model.test_topk_candidates_rule == rule
+    for levels in src["levels"]:
+        assert _levels_over_cap(levels, rule, model.test_score_thresh, model.test_topk_candidates)
+    source_out = {**src, "detections": capped["detections"]}
+
+    def detections():
+        return [r["detections"] for r in compare_outputs(source_out, run_model(model, src["images"]), TOL)]
+
+    for det in detections():
+        assert _identical(det, source) and det["source"] > 150, det
+        assert det["max_box_diff"] <= TOL * 200 and det["max_score_diff"] <= TOL, det
+    for other in [r for r in TOPK_CANDIDATES_RULES if r != rule] + ["no cap"]:
+        model.test_topk_candidates_rule = "detectron2" if other == "no cap" else other
+        if other == "no cap":
+            model.test_topk_candidates = 10**6
+        assert not all(_identical(det, source) for det in detections()), other
 
 
 def test_source_checkpoint_loads_without_the_framework():

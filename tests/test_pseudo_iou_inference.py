@@ -1,7 +1,10 @@
 """Pseudo-IoU inference as released (``PIOUHead._get_bboxes`` + mmdet's ``multiclass_nms`` in
 SHI-Labs/Pseudo-IoU-for-Anchor-Free-Object-Detection): boxes clipped to the image before NMS,
-``model.test_score_thresh`` the class-probability threshold read at every call, top-k per level
-on the (point, class) pairs. AutoAssign keeps its release's order (no clipping before NMS).
+``model.test_score_thresh`` the class-probability threshold read at every call, per level the
+``test_topk_candidates`` locations of best score when there are more (mmdetection 2's
+``nms_pre``). AutoAssign keeps its release's order (no clipping before NMS) and candidate cap
+(``min(test_topk_candidates, H x W)`` pairs); the other rules of
+``anchor_free.meta_arch.TOPK_CANDIDATES_RULES``.
 
 The head outputs are hand-built, so every expected value below is worked out by hand."""
 import math
@@ -115,19 +118,19 @@ class _FixedHead(nn.Module):
     def __init__(self, outputs):
         super().__init__()
         self.outputs = outputs
+        # AnchorFreeHead's quality (objectness) branch, which AutoAssign checks for.
+        self.quality = None if outputs[2] is None else nn.Identity()
 
     def forward(self, features):
         return self.outputs
 
 
-def test_autoassign_keeps_its_release_order_no_clip_before_nms():
-    """The AutoAssign release decodes without clipping and clips after NMS: the same two
-    class-0 boxes both survive (objectness logit 20: scores equal the class probabilities;
-    points at cell centres here, as for Pseudo-IoU, to reuse the same outputs)."""
-    cls, ltrb, ctr = edge_outputs()
-    aa = AutoAssign(
+def autoassign(outputs, **kwargs):
+    """An AutoAssign of the GRIDS whose head returns ``outputs`` (points at cell centres here,
+    as for Pseudo-IoU, to reuse the same outputs; the centerness outputs are its objectness)."""
+    return AutoAssign(
         backbone=_GridBackbone(),
-        head=_FixedHead((cls, ltrb, ctr)),
+        head=_FixedHead(outputs),
         head_in_features=[f"p{i}" for i in range(len(GRIDS))],
         point_generator=build_point_generator(STRIDES, 0.5),
         center_prior=CenterPrior(3),
@@ -135,7 +138,15 @@ def test_autoassign_keeps_its_release_order_no_clip_before_nms():
         test_nms_thresh=0.5,
         pixel_mean=[0.0, 0.0, 0.0],
         pixel_std=[1.0, 1.0, 1.0],
+        **kwargs,
     ).eval()
+
+
+def test_autoassign_keeps_its_release_order_no_clip_before_nms():
+    """The AutoAssign release decodes without clipping and clips after NMS: the same two
+    class-0 boxes both survive (objectness logit 20: scores equal the class probabilities)."""
+    cls, ltrb, ctr = edge_outputs()
+    aa = autoassign((cls, ltrb, ctr))
     assert not aa.clip_boxes_before_nms
     result = infer(aa, (cls, ltrb, ctr))
     assert result.pred_classes.tolist() == [0, 0, 1]
@@ -155,7 +166,6 @@ def threshold_outputs():
 
 def test_test_score_thresh_is_the_class_probability_threshold(model):
     assert model.test_score_thresh == 0.05  # MODEL.PSEUDO_IOU.SCORE_THRESH_TEST
-    assert model.decode_score_thresh == 0.0
     result = infer(model, threshold_outputs())
     assert result.pred_classes.tolist() == [1, 0]
     torch.testing.assert_close(result.scores, torch.tensor([0.03, 0.009]), atol=1e-5, rtol=0)
@@ -182,13 +192,91 @@ def test_score_thresh_from_the_config_key():
     assert build_model(cfg).test_score_thresh == 0.3
 
 
-def test_topk_per_level_ranks_the_kept_pairs_by_score(model):
-    """``test_topk_candidates`` = 1: per level, the best (point, class) pair among those whose
-    class probability passes the threshold, ranked by cls x centerness: on P3 the pair with
-    score 0.03 wins over 0.009 (whose class probability 0.9 is higher)."""
+def test_detectron2_topk_ranks_the_kept_pairs_by_score(model):
+    """Rule "detectron2", ``test_topk_candidates`` = 1: per level, the best (point, class) pair
+    among those whose class probability passes the threshold, ranked by cls x centerness: on P3
+    the pair with score 0.03 wins over 0.009 (whose class probability 0.9 is higher)."""
     cls, ltrb, ctr = threshold_outputs()
     cls[1][0, 2, 0, 0] = logit(0.5)  # one pair on P4 too: point (8, 8), score 0.5
-    with mock.patch.object(model, "test_topk_candidates", 1):
+    with mock.patch.multiple(model, test_topk_candidates=1, test_topk_candidates_rule="detectron2"):
         result = infer(model, (cls, ltrb, ctr))
     assert result.pred_classes.tolist() == [2, 1]
     torch.testing.assert_close(result.scores, torch.tensor([0.5, 0.03]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "topk,classes,scores",
+    [
+        # P3's best location by cls x centerness is (6, 6), 0.04 (cls 0.04: below the threshold),
+        # the only one kept: nothing of P3 passes. P4's (0, 0) is its best location.
+        (1, [2], [0.5]),
+        # (6, 6) and (5, 5) (0.03, cls 0.06 kept); (1, 1) (0.009) is not among the 2 best.
+        (2, [2, 1], [0.5, 0.03]),
+        # P3 and P4 have no more locations than 64: no cap, every pair above the threshold.
+        (64, [2, 1, 0], [0.5, 0.03, 0.009]),
+    ],
+)
+def test_release_topk_keeps_the_best_locations_then_thresholds(model, topk, classes, scores):
+    """Rule "mmdet2" (the release's default, mmdetection 2.11 ``nms_pre``): if a level has more
+    than ``test_topk_candidates`` locations, the locations of best cls x centerness over the
+    classes, whatever their class probability, then the threshold on the class probability."""
+    assert model.test_topk_candidates_rule == "mmdet2"  # MODEL.PSEUDO_IOU.TOPK_CANDIDATES_RULE
+    cls, ltrb, ctr = threshold_outputs()
+    cls[1][0, 2, 0, 0] = logit(0.5)
+    with mock.patch.object(model, "test_topk_candidates", topk):
+        result = infer(model, (cls, ltrb, ctr))
+    assert result.pred_classes.tolist() == classes
+    torch.testing.assert_close(result.scores, torch.tensor(scores), atol=1e-5, rtol=0)
+
+
+def test_release_topk_caps_locations_not_pairs(model):
+    """Rule "mmdet2": every pair above the threshold of a kept location is a candidate, however
+    many: with ``test_topk_candidates`` = 1, the two classes of P3's best location survive."""
+    cls, ltrb, ctr = blank_outputs()
+    cls[0][0, 0, 2, 2], cls[0][0, 1, 2, 2] = logit(0.9), logit(0.8)
+    cls[0][0, 2, 5, 5] = logit(0.7)  # another location: not among the 1 best
+    with mock.patch.object(model, "test_topk_candidates", 1):
+        result = infer(model, (cls, ltrb, ctr))
+    assert result.pred_classes.tolist() == [0, 1]
+    with mock.patch.multiple(model, test_topk_candidates=1, test_topk_candidates_rule="detectron2"):
+        assert infer(model, (cls, ltrb, ctr)).pred_classes.tolist() == [0]
+
+
+def test_autoassign_release_keeps_at_most_a_pair_per_location():
+    """Rule "cvpods" (AutoAssign's default, the release's ``inference_single_image``): the
+    ``min(test_topk_candidates, H x W)`` best pairs, then the threshold. P7 has one location:
+    of its three classes above the threshold, only the best is a candidate; Detectron2's rule
+    keeps the three (class-aware NMS does not suppress across classes)."""
+    cls, ltrb, ctr = blank_outputs()
+    cls[4][0, :, 0, 0] = torch.tensor([logit(0.9), logit(0.8), logit(0.7)])
+    aa = autoassign((cls, ltrb, ctr))
+    assert aa.test_topk_candidates_rule == "cvpods" and aa.test_topk_candidates == 1000
+    result = infer(aa, (cls, ltrb, ctr))
+    assert result.pred_classes.tolist() == [0]
+    torch.testing.assert_close(result.scores, torch.tensor([0.9]), atol=1e-5, rtol=0)
+    aa.test_topk_candidates_rule = "detectron2"
+    assert infer(aa, (cls, ltrb, ctr)).pred_classes.tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("rule,classes,scores", [("mmdet3", [0], [0.009]), ("detectron2", [1], [0.03])])
+def test_mmdetection3_ranks_by_the_class_probability(rule, classes, scores):
+    """Rule "mmdet3" (``filter_scores_and_topk``) with the threshold on the class probability
+    (``score_thresh_on`` "cls"): the ``test_topk_candidates`` best pairs above it by class
+    probability (0.9, score 0.009), not by score (0.03: Detectron2's rule)."""
+    aa = autoassign(
+        threshold_outputs(), score_thresh_on="cls", test_topk_candidates=1,
+        test_topk_candidates_rule=rule,
+    )  # fmt: skip
+    result = infer(aa, threshold_outputs())
+    assert result.pred_classes.tolist() == classes
+    torch.testing.assert_close(result.scores, torch.tensor(scores), atol=1e-5, rtol=0)
+
+
+def test_topk_candidates_rule_errors_name_the_key():
+    cfg = tiny_pseudo_iou_cfg()
+    cfg.MODEL.PSEUDO_IOU.TOPK_CANDIDATES_RULE = "mmdet"
+    with pytest.raises(ValueError, match=r"MODEL.PSEUDO_IOU.TOPK_CANDIDATES_RULE \(Python config: "
+                       r"model.test_topk_candidates_rule\) must be one of .*'mmdet2'.*got 'mmdet'"):
+        build_model(cfg)
+    with pytest.raises(ValueError, match=r"MODEL.AUTOASSIGN.TOPK_CANDIDATES_RULE \(Python config"):
+        autoassign(blank_outputs(), test_topk_candidates_rule="release")

@@ -6,7 +6,7 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
-__all__ = ["make_images", "randomize_", "REDUCED", "FULL"]
+__all__ = ["make_images", "randomize_", "save_capped", "REDUCED", "FULL"]
 
 #: the reduced model of the committed fixtures: caffe-style ResNet-50 with 1/16 of the width
 #: (stem 8, res2 16 ... res5 128 channels), FPN and head of 32 channels, 2 convs per tower,
@@ -83,3 +83,17 @@ def randomize_(model: torch.nn.Module, seed: int, special: Dict[str, Callable] =
                 t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=gen))
             else:
                 t.copy_(0.1 * torch.randn(t.shape, generator=gen))
+
+
+def save_capped(out_dir: str, framework: str, settings: Dict, opts: List[str], detections: List[Dict]) -> None:
+    """
+    Write ``out_dir/capped.pth``: the source model's ``detections`` on the images of
+    ``outputs.pth`` under other test settings (``settings``, as the source names them), under
+    which some levels have more candidates above the threshold than the source's per-level cap;
+    ``opts`` are this project's config options for the same settings (``compare.py --capped``,
+    ``tests/test_convert.py``).
+    """
+    torch.save(
+        {"framework": framework, "settings": settings, "opts": list(opts), "detections": detections},
+        f"{out_dir}/capped.pth",
+    )

@@ -17,6 +17,12 @@ served by Detectron2, of which cvpods is a fork: ``ShapeSpec``, ``batched_nms``,
 are those of cvpods' ``build_retinanet_resnet_fpn_backbone`` (``cvpods/modeling/backbone/
 {resnet,fpn}.py``: ``bottom_up.stem.conv1.norm``, ``res2``-``res5``, ``fpn_lateral*``,
 ``fpn_output*``, ``top_block.p6``/``p7``). Not covered: cvpods' own ResNet/FPN code (read, not run).
+
+Besides ``source.pth`` and ``outputs.pth``, writes ``capped.pth``: the detections of the same
+model and images with the test settings :data:`CAPPED`, under which every level has more
+(location, class) pairs above the threshold than the release keeps
+(``min(topk_candidates, H x W)``), and the config options that give this project's model these
+settings.
 """
 import argparse
 import os
@@ -29,7 +35,17 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from common import REDUCED, FULL, make_images, randomize_  # noqa: E402
+from common import REDUCED, FULL, make_images, randomize_, save_capped  # noqa: E402
+
+#: The release's inference settings of capped.pth (its AutoAssign attributes) and this project's
+#: equivalent options: above 0.02, P3 has ~900 of its 560 x 8 pairs (capped at 200), P4-P7 more
+#: pairs than locations (capped at H x W) on the reduced model; 1000 detections per image, so
+#: that every candidate that survives NMS shows.
+CAPPED = dict(score_threshold=0.02, topk_candidates=200, max_detections_per_image=1000)
+CAPPED_OPTS = [
+    "MODEL.AUTOASSIGN.SCORE_THRESH_TEST", "0.02", "MODEL.AUTOASSIGN.TOPK_CANDIDATES_TEST", "200",
+    "TEST.DETECTIONS_PER_IMAGE", "1000",
+]
 
 
 class _Scale(nn.Module):
@@ -183,13 +199,22 @@ def main():
             out["levels"].append(
                 [{"cls": c[0].clone(), "box": b[0].clone(), "quality": o[0].clone()} for c, b, o in zip(cls, box, obj)]
             )
-            inst = model(inputs)[0]["instances"]
-            out["detections"].append(
-                {"boxes": inst.pred_boxes.tensor.clone(), "scores": inst.scores.clone(), "classes": inst.pred_classes.clone()}
-            )
-            print(f"image {h}x{w}: {len(inst)} detections, top scores {inst.scores[:3].tolist()}")
-    torch.save(out, os.path.join(args.out, "outputs.pth"))
+        out["detections"] = [detect(model, img) for img in images]
+        torch.save(out, os.path.join(args.out, "outputs.pth"))
+        for name, value in CAPPED.items():
+            setattr(model, name, value)
+        capped = [detect(model, img) for img in images]
+    save_capped(args.out, out["framework"], CAPPED, CAPPED_OPTS, capped)
     print("wrote", args.out)
+
+
+def detect(model, img):
+    """The release model's detections on one (H, W, 3) image, in input pixels."""
+    h, w = img.shape[:2]
+    inputs = [{"image": torch.from_numpy(img.transpose(2, 0, 1).copy()).float(), "height": h, "width": w}]
+    inst = model(inputs)[0]["instances"]
+    print(f"image {h}x{w}: {len(inst)} detections, top scores {inst.scores[:3].tolist()}")
+    return {"boxes": inst.pred_boxes.tensor.clone(), "scores": inst.scores.clone(), "classes": inst.pred_classes.clone()}
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ class with other training targets (its ``_init_layers``, ``forward``, ``get_bbox
 ``_get_bboxes`` and ``_get_points_single`` are FCOSHead's, character for character), so the
 layers, the checkpoint keys and the inference are the same. The model is the release's
 ``configs/pseudo-iou/piou_r50_caffe_fpn_gn-head_1x_coco.py`` (``--size full``) or the same with
-narrower layers (``--size reduced``, :data:`common.REDUCED`).
+narrower layers (``--size reduced``, :data:`common.REDUCED`). Besides ``source.pth`` and
+``outputs.pth``, writes ``capped.pth``: the detections of the same model and images with
+``nms_pre`` :data:`CAPPED` (P3 and P4 of the test images have more points than that), and the
+config options that give this project's model this setting.
 """
 import argparse
 import importlib.util
@@ -26,9 +29,14 @@ import mmcv_ext_stub  # noqa: E402
 
 mmcv_ext_stub.install()
 
-from common import FULL, REDUCED, caffe_resnet_cfg, make_images, randomize_  # noqa: E402
+from common import FULL, REDUCED, caffe_resnet_cfg, make_images, randomize_, save_capped  # noqa: E402
 
 MEAN = [102.9801, 115.9465, 122.7717]
+#: test_cfg changes of capped.pth and this project's equivalent options: the 100 points of best
+#: cls x centerness on P3 (560 points on the first image) and P4 (140); 1000 detections per image,
+#: so that every candidate that survives NMS shows.
+CAPPED = dict(nms_pre=100, max_per_img=1000)
+CAPPED_OPTS = ["MODEL.PSEUDO_IOU.TOPK_CANDIDATES_TEST", "100", "TEST.DETECTIONS_PER_IMAGE", "1000"]
 
 
 def register_piou_head(path: str) -> None:
@@ -128,6 +136,7 @@ def main():
     out = {"images": [torch.from_numpy(i.copy()) for i in images], "levels": [], "detections": [],
            "framework": f"mmdet {mmdet.__version__} {head_name}"}
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    batches = []
     with torch.no_grad():
         for img in images:
             h, w = img.shape[:2]
@@ -136,6 +145,7 @@ def main():
             x = torch.nn.functional.pad(x, (0, pw - w, 0, ph - h))
             meta = dict(img_shape=(h, w, 3), ori_shape=(h, w, 3), pad_shape=(ph, pw, 3),
                         scale_factor=torch.ones(4).numpy(), flip=False, batch_input_shape=(ph, pw))
+            batches.append((x, meta))
             feats = model.extract_feat(x)
             cls_scores, bbox_preds, centernesses = model.bbox_head(feats)
             out["levels"].append(
@@ -144,21 +154,28 @@ def main():
                     for c, b, q in zip(cls_scores, bbox_preds, centernesses)
                 ]
             )
-            result = model.simple_test(x, [meta], rescale=False)[0]  # per class (n, 5) arrays
-            boxes, scores, classes = [], [], []
-            for k, dets in enumerate(result):
-                dets = torch.as_tensor(dets)
-                boxes.append(dets[:, :4])
-                scores.append(dets[:, 4])
-                classes.append(torch.full((len(dets),), k, dtype=torch.int64))
-            scores = torch.cat(scores)
-            order = torch.argsort(scores, descending=True)
-            out["detections"].append(
-                {"boxes": torch.cat(boxes)[order], "scores": scores[order], "classes": torch.cat(classes)[order]}
-            )
-            print(f"image {h}x{w}: {len(scores)} detections, top scores {scores[order][:3].tolist()}")
-    torch.save(out, os.path.join(args.out, "outputs.pth"))
+        out["detections"] = [detect(model, x, meta) for x, meta in batches]
+        torch.save(out, os.path.join(args.out, "outputs.pth"))
+        model.bbox_head.test_cfg.update(CAPPED)
+        capped = [detect(model, x, meta) for x, meta in batches]
+    save_capped(args.out, out["framework"], CAPPED, CAPPED_OPTS, capped)
     print("wrote", args.out, "with", head_name)
+
+
+def detect(model, x, meta):
+    """``model.simple_test`` on one padded image: its per-class arrays as one set of
+    detections by decreasing score, in input pixels."""
+    result = model.simple_test(x, [meta], rescale=False)[0]  # per class (n, 5) arrays
+    boxes, scores, classes = [], [], []
+    for k, dets in enumerate(result):
+        dets = torch.as_tensor(dets)
+        boxes.append(dets[:, :4])
+        scores.append(dets[:, 4])
+        classes.append(torch.full((len(dets),), k, dtype=torch.int64))
+    scores = torch.cat(scores)
+    order = torch.argsort(scores, descending=True)
+    print(f"{len(scores)} detections, top scores {scores[order][:3].tolist()}")
+    return {"boxes": torch.cat(boxes)[order], "scores": scores[order], "classes": torch.cat(classes)[order]}
 
 
 if __name__ == "__main__":

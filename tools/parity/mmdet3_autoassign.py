@@ -7,8 +7,12 @@ environment; see tools/parity/README.md).
 
 The model is the model zoo's ``configs/autoassign/autoassign_r50-caffe_fpn_1x_coco.py``
 (``--size full``) or the same with narrower layers (``--size reduced``, :data:`common.REDUCED`).
-Writes ``source.pth`` (``{"meta", "state_dict"}`` as mmdetection publishes checkpoints) and
-``outputs.pth`` (:mod:`anchor_free_app.convert.parity` format).
+Writes ``source.pth`` (``{"meta", "state_dict"}`` as mmdetection publishes checkpoints),
+``outputs.pth`` (:mod:`anchor_free_app.convert.parity` format) and ``capped.pth``: the
+detections of the same model and images with the test settings :data:`CAPPED`, under which some
+levels have more candidates above the threshold than ``nms_pre`` (the candidate cap of
+``filter_scores_and_topk``), and the config options that give this project's model these
+settings.
 """
 import argparse
 import os
@@ -21,7 +25,16 @@ import mmcv_ext_stub  # noqa: E402
 
 mmcv_ext_stub.install()
 
-from common import FULL, REDUCED, caffe_resnet_cfg, make_images, randomize_  # noqa: E402
+from common import FULL, REDUCED, caffe_resnet_cfg, make_images, randomize_, save_capped  # noqa: E402
+
+#: test_cfg changes of capped.pth and this project's equivalent options (1000 detections per
+#: image, so that every candidate that survives NMS shows):
+#: with 0.03, P3 has ~530 and P4 ~160 class probabilities above it on the reduced model.
+CAPPED = dict(score_thr=0.03, nms_pre=100, max_per_img=1000)
+CAPPED_OPTS = [
+    "MODEL.AUTOASSIGN.SCORE_THRESH_TEST", "0.03", "MODEL.AUTOASSIGN.TOPK_CANDIDATES_TEST", "100",
+    "TEST.DETECTIONS_PER_IMAGE", "1000",
+]
 
 
 def build(size):
@@ -110,7 +123,9 @@ def main():
         os.path.join(args.out, "source.pth"),
     )
     images = make_images()
-    out = {"images": [torch.from_numpy(i.copy()) for i in images], "levels": [], "detections": [], "framework": f"mmdet {mmdet.__version__}"}
+    framework = f"mmdet {mmdet.__version__}"
+    out = {"images": [torch.from_numpy(i.copy()) for i in images], "levels": [], "detections": [], "framework": framework}
+    batches = []
     with torch.no_grad():
         for img in images:
             h, w = img.shape[:2]
@@ -118,6 +133,7 @@ def main():
             data = model.data_preprocessor(
                 {"inputs": [torch.from_numpy(img.transpose(2, 0, 1).copy())], "data_samples": [sample]}, False
             )
+            batches.append(data)
             feats = model.extract_feat(data["inputs"])
             cls_scores, bbox_preds, objectness = model.bbox_head(feats)
             out["levels"].append(
@@ -126,13 +142,19 @@ def main():
                     for c, b, o in zip(cls_scores, bbox_preds, objectness)
                 ]
             )
-            pred = model.predict(data["inputs"], data["data_samples"], rescale=False)[0].pred_instances
-            out["detections"].append(
-                {"boxes": pred.bboxes.clone(), "scores": pred.scores.clone(), "classes": pred.labels.clone()}
-            )
-            print(f"image {h}x{w}: {len(pred.scores)} detections, top scores {pred.scores[:3].tolist()}")
-    torch.save(out, os.path.join(args.out, "outputs.pth"))
+        out["detections"] = [detect(model, data) for data in batches]
+        torch.save(out, os.path.join(args.out, "outputs.pth"))
+        model.bbox_head.test_cfg.update(CAPPED)
+        capped = [detect(model, data) for data in batches]
+    save_capped(args.out, framework, CAPPED, CAPPED_OPTS, capped)
     print("wrote", args.out)
+
+
+def detect(model, data):
+    """The detections of ``model.predict`` on one preprocessed image, in input pixels."""
+    pred = model.predict(data["inputs"], data["data_samples"], rescale=False)[0].pred_instances
+    print(f"{len(pred.scores)} detections, top scores {pred.scores[:3].tolist()}")
+    return {"boxes": pred.bboxes.clone(), "scores": pred.scores.clone(), "classes": pred.labels.clone()}
 
 
 if __name__ == "__main__":
