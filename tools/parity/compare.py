@@ -6,7 +6,10 @@ report the differences (every level's outputs, then the detections)::
     python tools/parity/compare.py --dir /tmp/parity/mmdet3_autoassign_full \\
         --config-file configs/AutoAssign/autoassign_R_50_FPN_1x_mmdet.yaml
     python tools/parity/compare.py --dir tests/fixtures/convert/mmdet3_autoassign \\
-        --config-file tests/fixtures/convert/mmdet3_autoassign/config.yaml
+        --config-file tests/fixtures/convert/mmdet3_autoassign/config.yaml --capped
+
+``--capped``: the detections of ``capped.pth`` (the source's test settings under which levels
+have more candidates above the threshold than the source keeps), with its config options.
 """
 import argparse
 import os
@@ -42,11 +45,18 @@ def main():
     parser.add_argument("--dir", required=True, help="folder with source.pth and outputs.pth")
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--capped", action="store_true", help="compare the detections of capped.pth")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, report = build_converted_model(args.dir, args.config_file, args.opts)
     source = torch.load(os.path.join(args.dir, "outputs.pth"), weights_only=True)
+    opts = list(args.opts)
+    if args.capped:
+        capped = torch.load(os.path.join(args.dir, "capped.pth"), weights_only=True)
+        source["detections"] = capped["detections"]
+        opts = capped["opts"] + opts
+        print(f"capped.pth: source settings {capped['settings']}, options {capped['opts']}")
+    model, report = build_converted_model(args.dir, args.config_file, opts)
     ours = run_model(model, source["images"])
     print(f"{report['source']}: {report['converted']} tensors; source: {source.get('framework')}")
     print("| image | size | max abs diff cls logits | box (relative) | quality logits | detections: source / ours / matched | unmatched source: empty / other | max box diff (px) | max score diff |")
