@@ -9,7 +9,7 @@ D2_ROUTE ?= auto
 D2_SOURCE ?=
 D2_SOURCE_SHA256 ?=
 
-.PHONY: setup setup-main test test-main demo bench bench-syncs clean-demo
+.PHONY: setup setup-main test test-main demo bench bench-syncs clean-demo gpu-prepare gpu-check
 setup:
 	VENV=.venv D2_ROUTE=$(D2_ROUTE) D2_SOURCE="$(D2_SOURCE)" D2_SOURCE_SHA256="$(D2_SOURCE_SHA256)" \
 	  bash tools/setup_env.sh
@@ -39,3 +39,18 @@ bench-syncs: setup
 
 clean-demo:
 	rm -rf output/demo_*
+
+# The GPU acceptance run (docs/gpu_acceptance.md).
+#   make gpu-prepare [D2_SOURCE=ARCHIVE]   here, with PyPI: wheels for CPython 3.12 + Detectron2's
+#                                          source into $(GPU_BUNDLE) (git-ignored), size printed
+#   make gpu-check [GPU_OUT=DIR]           on the GPU machine (its python3): install, six parts
+#   make gpu-check DEVICE=cpu              the same run at tiny sizes on the CPU (.venv)
+GPU_BUNDLE ?= gpu_bundle
+GPU_OUT ?= output/gpu_check
+DEVICE ?= cuda
+GPU_PY ?= $(if $(filter cpu,$(DEVICE)),$(if $(wildcard $(PY)),$(PY),python3),python3)
+gpu-prepare: setup
+	$(PY) tools/gpu_prepare.py --bundle $(GPU_BUNDLE) $(if $(D2_SOURCE),--d2-source "$(D2_SOURCE)")
+
+gpu-check:
+	$(GPU_PY) tools/gpu_check.py --device $(DEVICE) --bundle $(GPU_BUNDLE) --output $(GPU_OUT)
