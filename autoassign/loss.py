@@ -103,6 +103,23 @@ def _giou_likelihood_grad(
     and a coordinate's gradient through them goes to the prediction where it is the smaller /
     larger one (half on ties, as autograd's ``maximum`` / ``minimum``).
 
+    With I, A (predicted area), C (enclosing area), u = U + eps, c = C + eps and
+    GIoU = I / u - (C - U) / c (U = A + A* - I), a side's gradient is
+
+    * where the prediction is the smaller side (through the intersection):
+      ``h_in dG/dI + h dG/dA`` with ``dG/dI = (C - U) / (u c) + I / u^2``,
+      ``dG/dA = 1 / c - I / u^2``;
+    * where it is the larger side (through the enclosing box):
+      ``h dG/dA + h_out dG/dC = h ((C - U) / c^2 - I / u^2) - (h_out - h) u / c^2``,
+
+    h, h_in, h_out being the other dimension of the predicted, intersection and enclosing boxes.
+    The second form is the cancellation-free one: summed term by term (``dG/dC = -u / c^2``
+    plus ``dG/dA``, as autograd does), a prediction enclosing a much smaller object (the
+    release's 4-stride initial boxes around a small object) loses to float32 rounding the
+    ``I / u^2`` left when the ``1 / c`` terms cancel (1e-4 to 1e-2 relative per pair); here
+    ``C - U = (C - A) + (I - A*)`` is exactly 0 when a box encloses the other, and
+    ``h_out - h`` exactly 0 when the prediction is larger on both sides.
+
     Args:
         grad_p: (P,) upstream gradient; p_loc: (P,) forward output;
         pred, target: (2, 2, P) ltrb as ((l, t), (r, b)), each (P,) row contiguous;
@@ -113,24 +130,29 @@ def _giou_likelihood_grad(
     size_in = torch.minimum(pred, target).sum(dim=0)  # (2, P): intersection (w, h)
     size_out = torch.maximum(pred, target).sum(dim=0)  # enclosing box (w, h)
     size_pred = pred.sum(dim=0)
-    size_target = target.sum(dim=0)
     overlap = (size_in > 0).all(dim=0)
     inter = torch.where(overlap, size_in.prod(dim=0), 0.0)
-    union_eps = (size_pred.prod(dim=0) + size_target.prod(dim=0) - inter).add_(eps)
-    area_c_eps = size_out.prod(dim=0).add_(eps)
-    # giou = inter / (union + eps) - (area_c - union) / (area_c + eps); d out / d giou = lambda p.
+    area_pred = size_pred.prod(dim=0)
+    area_target = target.sum(dim=0).prod(dim=0)
+    area_c = size_out.prod(dim=0)
+    union_eps = (area_pred + area_target).sub_(inter).add_(eps)
+    c_minus_u = (area_c - area_pred).add_(inter - area_target)
+    # d out / d giou = lambda p; each (P,) below is that times a derivative of the GIoU.
     g = grad_p * p_loc * loc_lambda
-    g_union = g * (1.0 / area_c_eps - inter / union_eps**2)
-    g_inter = (g / union_eps - g_union) * overlap  # union = area1 + area2 - inter
-    g_area_c = -g * union_eps / area_c_eps**2
+    inv_c = area_c.add_(eps).reciprocal_()
+    inv_u = union_eps.reciprocal()
+    inter_u2 = inter.mul_(inv_u).mul_(inv_u)  # I / u^2
+    g_inter = (c_minus_u * inv_u).mul_(inv_c).add_(inter_u2).mul_(overlap).mul_(g)
+    g_pred = (inv_c - inter_u2).mul_(g)
+    g_larger = c_minus_u.mul_(inv_c).mul_(inv_c).sub_(inter_u2).mul_(g)  # dG/dA + dG/dC
+    g_area_c = union_eps.mul_(inv_c).mul_(inv_c).mul_(g)  # -dG/dC
     # A side's gradient through an area is the other side's length: flip (w, h) -> (h, w).
-    own = size_pred.flip(0).mul_(g_union)
-    enclose = size_out.flip(0).mul_(g_area_c)
-    through_inter = size_in.flip(0).mul_(g_inter).sub_(enclose)
-    # d l = d(-x1): through the intersection where l < l* (x1 = max(-l, -l*)), the enclosing
-    # box where l > l*, and the own area always; the same for t, r, b.
-    share = _max_grad_share(target, pred)
-    return share.mul_(through_inter).add_(own.add_(enclose))
+    h_pred, h_in, h_out = size_pred.flip(0), size_in.flip(0), size_out.flip(0)
+    smaller = h_in.mul_(g_inter).add_(h_pred * g_pred)  # (2, P)
+    larger = h_out.sub_(h_pred).mul_(g_area_c).neg_().add_(h_pred.mul_(g_larger))
+    # (2, 2, P): l = -x1 with x1 = max(-l, -l*) in the intersection, min in the enclosing box
+    grad = torch.where(pred < target, smaller, larger)
+    return torch.where(pred == target, (smaller + larger).mul_(0.5), grad)
 
 
 class _LocalizationLikelihood(torch.autograd.Function):
