@@ -3,9 +3,10 @@
 Builds a synthetic dataset with COCO train2017's size (117,266 records; about 7.3 boxes each,
 860k in all) and times, on one process:
 
-- the records pass (``check_records``) with boxes as lists of python floats (what Detectron2's
-  COCO loader gives), of numpy scalars, and as torch tensors (numpy < 1.24 cannot stack those in
-  one call: the per-box route);
+- the records pass (``check_records``, boxes and class ids against COCO's 80 classes) with
+  boxes as lists of python floats and ids as python ints (what Detectron2's COCO loader gives),
+  as numpy scalars, and as torch tensors (numpy < 1.24 cannot stack those in one call: the
+  per-box route);
 - the image-file pass (``check_image_files``) over files it writes (640x480 JPEGs of 5 KB, a
   quarter with EXIF orientation 6): the default sample (``DATALOADER.CHECK_IMAGE_FILES 1000``)
   and all files, with 1 and 8 threads. PIL reads a JPEG's markers up to the frame header, not
@@ -18,11 +19,21 @@ Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/check_inputs.py                 # 117,266 records and files
     OMP_NUM_THREADS=1 python benchmarks/check_inputs.py --files 10000   # fewer files written
+    OMP_NUM_THREADS=1 python benchmarks/check_inputs.py --records-only --repeat 5  # no files
+    git show COMMIT:anchor_free_app/data/checks.py > /tmp/checks_before.py
+    OMP_NUM_THREADS=1 python benchmarks/check_inputs.py --records-only --repeat 7 \
+        --baseline-checks /tmp/checks_before.py   # records pass before / after, interleaved
+
+With ``--baseline-checks`` the records pass of that file (another commit's
+``anchor_free_app/data/checks.py``) is timed too, alternating with the current one run by run
+(a shared machine's load then weighs on both alike).
 
 Writes the files under ``--workdir`` (default: a temporary folder, removed at the end; about
 5 KB each: 0.6 GB for 117k) and prints a markdown table.
 """
 import argparse
+import importlib.util
+import inspect
 import io
 import os
 import shutil
@@ -44,18 +55,20 @@ from iopath.common.file_io import PathHandler  # noqa: E402
 
 COCO_TRAIN2017_IMAGES = 117266
 COCO_TRAIN2017_BOXES = 860001
+COCO_CLASSES = 80
 
 
 def make_records(num_records: int, num_files: int, root: str, seed: int = 0) -> List[Dict]:
-    """Records with COCO's mean box count (1-13 boxes, mean 7.3), boxes as python floats;
-    record i points at file ``i % num_files`` (640x480, or 480x640 in the annotation where the
-    file carries EXIF orientation 6)."""
+    """Records with COCO's mean box count (1-13 boxes, mean 7.3), boxes as python floats,
+    class ids as python ints in [0, 80); record i points at file ``i % num_files`` (640x480, or
+    480x640 in the annotation where the file carries EXIF orientation 6)."""
     rng = np.random.default_rng(seed)
     mean = COCO_TRAIN2017_BOXES / COCO_TRAIN2017_IMAGES
     counts = np.clip(rng.poisson(mean, num_records), 1, None)
     xy = rng.uniform(0, 400, (int(counts.sum()), 2))
     wh = rng.uniform(1, 200, (int(counts.sum()), 2))
     boxes = np.concatenate([xy, wh], axis=1).tolist()
+    classes = rng.integers(0, COCO_CLASSES, int(counts.sum())).tolist()
     records, start = [], 0
     for i, n in enumerate(counts.tolist()):
         rotated = (i % num_files) % 4 == 0
@@ -66,8 +79,8 @@ def make_records(num_records: int, num_files: int, root: str, seed: int = 0) -> 
                 "width": 480 if rotated else 640,
                 "height": 640 if rotated else 480,
                 "annotations": [
-                    {"bbox": box, "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "iscrowd": 0}
-                    for box in boxes[start : start + n]
+                    {"bbox": box, "bbox_mode": BoxMode.XYWH_ABS, "category_id": c, "iscrowd": 0}
+                    for box, c in zip(boxes[start : start + n], classes[start : start + n])
                 ],
             }
         )
@@ -75,11 +88,15 @@ def make_records(num_records: int, num_files: int, root: str, seed: int = 0) -> 
     return records
 
 
-def with_box_type(records: List[Dict], convert: Callable) -> List[Dict]:
+def with_number_type(records: List[Dict], convert: Callable, convert_id: Callable) -> List[Dict]:
+    """The records with each box converted by ``convert`` and each class id by ``convert_id``."""
     return [
-        dict(r, annotations=[dict(a, bbox=convert(a["bbox"])) for a in r["annotations"]])
+        dict(r, annotations=[
+            dict(a, bbox=convert(a["bbox"]), category_id=convert_id(a["category_id"]))
+            for a in r["annotations"]
+        ])
         for r in records
-    ]
+    ]  # fmt: skip
 
 
 def write_files(root: str, num_files: int) -> float:
@@ -100,12 +117,33 @@ def write_files(root: str, num_files: int) -> float:
 
 
 def timed(fn: Callable, repeat: int) -> float:
-    times = []
+    return timed_interleaved([fn], repeat)[0]
+
+
+def timed_interleaved(fns: List[Callable], repeat: int) -> List[float]:
+    """Median seconds of each of ``fns``, run in turn ``repeat`` times (A B A B ...)."""
+    times: List[List[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, samples in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) for samples in times]
+
+
+def load_checks(path: str):
+    """The module of a ``checks.py`` file (e.g. another commit's), imported under its own name."""
+    spec = importlib.util.spec_from_file_location("checks_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def records_pass(check: Callable, dataset: List[Dict]) -> Callable[[], int]:
+    """``check(dataset)`` with COCO's 80 classes where ``check`` takes ``num_classes``."""
+    takes_classes = "num_classes" in inspect.signature(check).parameters
+    kwargs = {"num_classes": COCO_CLASSES} if takes_classes else {}
+    return lambda: check(dataset, **kwargs)
 
 
 class SlowStorage(PathHandler):
@@ -127,11 +165,17 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=COCO_TRAIN2017_IMAGES)
     parser.add_argument("--files", type=int, default=COCO_TRAIN2017_IMAGES)
-    parser.add_argument("--repeat", type=int, default=3, help="runs per timing (median)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per timing of the records pass (median)")
     parser.add_argument(
         "--slow-files", type=int, default=2000, help="files opened with simulated latency"
     )
     parser.add_argument("--workdir", default=None, help="where to write the files (kept)")
+    parser.add_argument("--records-only", action="store_true",
+                        help="time the records pass only (no files written)")
+    parser.add_argument("--baseline-checks", default=None,
+                        help="a checks.py (e.g. of another commit) whose records pass is timed "
+                             "too, interleaved with the current one")
     args = parser.parse_args(argv)
 
     root = args.workdir or tempfile.mkdtemp(prefix="check_inputs_")
@@ -140,21 +184,37 @@ def main(argv=None) -> None:
         records = make_records(args.records, args.files, root)
         num_boxes = sum(len(r["annotations"]) for r in records)
         rows = [("records", f"{len(records)} records, {num_boxes} boxes")]
-        print(f"{len(records)} records, {num_boxes} boxes; writing {args.files} files to {root}")
-        write_s = write_files(root, args.files)
-        print(f"files written in {write_s:.1f} s")
+        print(f"{len(records)} records, {num_boxes} boxes")
 
         def row(what: str, seconds: float) -> None:
             rows.append((what, f"{seconds:.2f} s"))
             print(f"{what}: {seconds:.2f} s", flush=True)
 
-        row("records pass, python floats", timed(lambda: check_records(records), args.repeat))
-        np_records = with_box_type(records, lambda b: [np.float32(v) for v in b])
-        row("records pass, numpy float32 scalars", timed(lambda: check_records(np_records), 1))
+        checks = [check_records]
+        if args.baseline_checks:
+            checks.append(load_checks(args.baseline_checks).check_records)
+
+        def records_row(what: str, dataset: List[Dict], repeat: int) -> None:
+            seconds = timed_interleaved([records_pass(c, dataset) for c in checks], repeat)
+            text = " / ".join(f"{t:.2f} s" for t in seconds)
+            if len(checks) > 1:
+                what += " (current / baseline)"
+            rows.append((what, text))
+            print(f"{what}: {text}", flush=True)
+
+        records_row("records pass, python floats and ints", records, args.repeat)
+        np_records = with_number_type(records, lambda b: [np.float32(v) for v in b], np.int64)
+        records_row("records pass, numpy float32 / int64 scalars", np_records, args.repeat)
         del np_records
-        t_records = with_box_type(records, lambda b: torch.tensor(b))
-        row("records pass, torch tensors", timed(lambda: check_records(t_records), 1))
+        t_records = with_number_type(records, torch.tensor, torch.tensor)
+        records_row("records pass, torch tensors", t_records, args.repeat)
         del t_records
+        if args.records_only:
+            _print_table(rows)
+            return
+        print(f"writing {args.files} files to {root}")
+        write_s = write_files(root, args.files)
+        print(f"files written in {write_s:.1f} s")
         for files, threads in ((1000, 8), (-1, 1), (-1, 8)):
             what = (
                 f"image files: {'all ' + str(len(records)) if files < 0 else files} of "
@@ -171,12 +231,16 @@ def main(argv=None) -> None:
             )
             run = lambda: check_image_files(slow, args.slow_files, "BGR", threads)  # noqa: E731
             row(what, timed(run, 1))
-        print("\n| pass | time |\n|---|---|")
-        for what, value in rows:
-            print(f"| {what} | {value} |")
+        _print_table(rows)
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _print_table(rows: List) -> None:
+    print("\n| pass | time |\n|---|---|")
+    for what, value in rows:
+        print(f"| {what} | {value} |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from common import PIOU_DEMO, TINY_DATA
+from common import AA_DEMO, PIOU_DEMO, REPO_ROOT, TINY_DATA
 from iopath.common.file_io import PathHandler
 from PIL import Image
 
@@ -30,6 +30,9 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
+
+
+RETINANET_DEMO = os.path.join(REPO_ROOT, "configs", "demo", "retinanet_R_18_FPN_demo.yaml")
 
 
 # ---------------------------------------------------------------- records
@@ -193,7 +196,9 @@ def test_image_files_detectron2_reads_are_accepted_with_its_size(tmp_path, kind)
     swapped = orientation in (5, 6, 7, 8)
     assert (width, height) == ((40, 60) if swapped else (60, 40))  # what the test is about
     assert image_size_after_exif(path)[:2] == (width, height)
-    check_dataset_dicts([_record(path, [1, 2, 3, 4], width=width, height=height)], -1, "BGR")
+    check_dataset_dicts(
+        [_record(path, [1, 2, 3, 4], width=width, height=height)], image_format="BGR"
+    )
     with pytest.raises(ValueError, match=f"is {width}x{height} .*annotation says {height}x{width}"):
         check_dataset_dicts([_record(path, [1, 2, 3, 4], width=height, height=width)])
 
@@ -347,4 +352,163 @@ def test_corrupt_image_in_dataset_fails_before_training(tmp_path):
         freeze=False,
     )
     with pytest.raises(ValueError, match="image id 3.*corrupt.jpg.*not a readable image"):
+        Trainer.build_train_loader(cfg)
+
+
+# ---------------------------------------------------------------- class ids
+def _with_class(path, category_id, **ann):
+    record = _record(path, [1, 2, 3, 4])
+    if category_id is _MISSING:
+        del record["annotations"][0]["category_id"]
+    else:
+        record["annotations"][0]["category_id"] = category_id
+    record["annotations"][0].update(ann)
+    return record
+
+
+_MISSING = object()
+GOOD_IDS = {
+    "python int": 2, "zero": 0, "float with an integer value": 2.0, "numpy int64": np.int64(2),
+    "numpy uint8": np.uint8(1), "numpy float32": np.float32(2), "torch int": torch.tensor(2),
+    "torch float": torch.tensor(1.0), "torch 1-element": torch.tensor([2]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(GOOD_IDS))
+def test_integer_class_ids_below_num_classes_are_accepted(image_file, kind):
+    record = _with_class(image_file, GOOD_IDS[kind])
+    assert check_records([record], num_classes=3) == 1
+    mixed = [_with_class(image_file, 1), record, _with_class(image_file, 0)]
+    assert check_records(mixed, num_classes=3) == 3  # beside python ints: one at a time
+    assert check_records([record] * 3, num_classes=3) == 3  # alone: one conversion
+
+
+BAD_IDS = {  # id: (message, also bad without num_classes)
+    "1-based (= NUM_CLASSES)": (3, r"category_id 3 is outside \[0, 3\) \(MODEL.X.NUM_CLASSES 3\)",
+                                False),
+    "far above": (np.int64(80), r"category_id 80 is outside \[0, 3\)", False),
+    "negative": (-1, r"category_id -1 is outside \[0, 3\)", True),
+    "missing": (_MISSING, "annotation without 'category_id'", True),
+    "None": (None, "annotation without 'category_id'", True),
+    "fraction": (1.5, "category_id 1.5 is not an integer", True),
+    "NaN": (float("nan"), "category_id nan is not an integer", True),
+    "string": ("2", "category_id '2' is not an integer", True),
+    "tensor of two": (torch.tensor([1, 2]), r"category_id tensor\(\[1, 2\]\) is not an integer",
+                      True),
+    "torch fraction": (torch.tensor(0.5), r"category_id tensor\(0.5000\) is not an integer",
+                       True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(BAD_IDS))
+def test_bad_class_ids_name_image_annotation_and_config_key(image_file, kind):
+    """Missing ids fail in a loader worker (KeyError), ids >= NUM_CLASSES at the iteration that
+    first draws the image: here, before training, with the image, annotation and key."""
+    value, message, bad_without_k = BAD_IDS[kind]
+    records = [_with_class(image_file, 0, image_id=i) for i in range(3)]
+    records[1]["image_id"] = 8
+    records[1]["annotations"] = records[1]["annotations"] * 2 + _with_class(
+        image_file, value)["annotations"]
+    with pytest.raises(ValueError, match=f"image id 8 .*annotation 2: {message}"):
+        check_records(records, num_classes=3, num_classes_key="MODEL.X.NUM_CLASSES")
+    if bad_without_k:  # a model whose number of classes is not known
+        with pytest.raises(ValueError, match="image id 8 .*annotation 2: "):
+            check_records(records)
+    else:
+        assert check_records(records) == 5
+    with pytest.raises(ValueError, match="image id 8 .*annotation 2: .*(category_id|annotation)"):
+        check_dataset_dicts(records, num_classes=3, num_image_files=0)
+
+
+def test_crowd_and_empty_records_are_not_rejected_for_their_classes(image_file):
+    """The mapper drops crowd annotations (their category_id is never read); records without
+    annotations (FILTER_EMPTY_ANNOTATIONS False) have nothing to check."""
+    records = [
+        _with_class(image_file, 99, iscrowd=1),
+        _with_class(image_file, _MISSING, iscrowd=1),
+        _record(image_file, [1, 2, 3, 4], image_id=9),
+        dict(_record(image_file, [1, 2, 3, 4]), annotations=[]),
+        {k: v for k, v in _record(image_file, [1, 2, 3, 4]).items() if k != "annotations"},
+    ]
+    assert check_records(records, num_classes=1) == 1
+    check_dataset_dicts(records, num_classes=1, num_image_files=0)
+    records[2]["annotations"][0]["category_id"] = 1
+    with pytest.raises(ValueError, match=r"image id 9 .*annotation 0: category_id 1 is outside"):
+        check_records(records, num_classes=1)
+    # the first bad annotation in dataset order, whether its box or its class is bad
+    records[1]["annotations"].append({"bbox": [1, 1, -1, 1], "bbox_mode": BoxMode.XYWH_ABS})
+    records[1]["image_id"] = 4
+    with pytest.raises(ValueError, match="image id 4 .*annotation 1: bbox with negative"):
+        check_records(records, num_classes=1)
+
+
+def test_thing_classes_longer_than_num_classes_are_rejected(image_file, caplog):
+    from detectron2.data import MetadataCatalog
+
+    MetadataCatalog.get("test_checks_four_classes").thing_classes = ["a", "b", "c", "d"]
+    records = [_with_class(image_file, 1)]
+    names = ("test_checks_four_classes",)
+    with pytest.raises(
+        ValueError,
+        match="Dataset 'test_checks_four_classes' has 4 thing_classes but "
+        "MODEL.AUTOASSIGN.NUM_CLASSES is 3: set MODEL.AUTOASSIGN.NUM_CLASSES 4",
+    ):
+        check_dataset_dicts(records, num_classes=3, num_classes_key="MODEL.AUTOASSIGN.NUM_CLASSES",
+                            dataset_names=names, num_image_files=0)  # fmt: skip
+    check_dataset_dicts(records, num_classes=4, dataset_names=names, num_image_files=0)
+    check_dataset_dicts(records, dataset_names=names, num_image_files=0)  # K unknown
+    # fewer classes than the model's: trains (its extra outputs are never positive); a warning
+    with caplog.at_level("WARNING", logger=checks.logger.name):
+        check_dataset_dicts(records, num_classes=6, dataset_names=names, num_image_files=0)
+    assert "has 4 thing_classes and num_classes is 6" in caplog.text
+    check_dataset_dicts(records, num_classes=6, dataset_names=("test_checks_no_metadata",),
+                        num_image_files=0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        (PIOU_DEMO, "MODEL.PSEUDO_IOU.NUM_CLASSES"),
+        (AA_DEMO, "MODEL.AUTOASSIGN.NUM_CLASSES"),
+        (RETINANET_DEMO, "MODEL.RETINANET.NUM_CLASSES"),
+    ],
+)
+def test_yacs_wrapper_takes_num_classes_of_the_meta_architecture(config, key, tmp_path):
+    """NUM_CLASSES from the key of MODEL.META_ARCHITECTURE; DATASETS.TRAIN's thing_classes (the
+    demo dataset's 4 shapes) compared with it."""
+    cfg = setup_cfg(config, TINY_DATA + ["MODEL.DEVICE", "cpu", key, "4"], freeze=False)
+    assert checks.num_classes_of_config(cfg) == (4, key)
+    path = str(tmp_path / "img.png")
+    cv2.imwrite(path, np.zeros((20, 30, 3), np.uint8))
+    with pytest.raises(ValueError, match=rf"image id 7 .*outside \[0, 4\) \({key} 4\)"):
+        checks.check_training_data([_with_class(path, 4)], cfg)
+    checks.check_training_data([_with_class(path, 3)], cfg)
+    cfg.merge_from_list([key, 3])
+    with pytest.raises(ValueError, match=f"'demo_shapes_train' has 4 thing_classes but {key} is 3"):
+        checks.check_training_data([_with_class(path, 0)], cfg)
+    cfg.MODEL.META_ARCHITECTURE = "SomeoneElsesDetector"
+    assert checks.num_classes_of_config(cfg) == (None, None)
+    checks.check_training_data([_with_class(path, 4)], cfg)  # K unknown: not range-checked
+
+
+def test_coco_dataset_with_more_categories_than_the_model_fails_before_training(tmp_path):
+    """The most common custom-dataset mistake: a COCO json with more categories than the
+    config's NUM_CLASSES (Detectron2's loader numbers them 0..N-1)."""
+    cv2.imwrite(str(tmp_path / "img.png"), np.zeros((20, 30, 3), np.uint8))
+    annotations = {
+        "images": [{"id": 3, "file_name": "img.png", "height": 20, "width": 30}],
+        "annotations": [
+            {"id": 1, "image_id": 3, "category_id": 5, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}
+        ],
+        "categories": [{"id": k, "name": f"c{k}"} for k in range(1, 6)],
+    }
+    with open(tmp_path / "ann.json", "w") as f:
+        json.dump(annotations, f)
+    register_coco_instances("test_five_classes", {}, str(tmp_path / "ann.json"), str(tmp_path))
+    cfg = setup_cfg(
+        AA_DEMO,
+        TINY_DATA + ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "('test_five_classes',)"],
+        freeze=False,
+    )
+    with pytest.raises(ValueError, match="5 thing_classes but MODEL.AUTOASSIGN.NUM_CLASSES is 4"):
         Trainer.build_train_loader(cfg)

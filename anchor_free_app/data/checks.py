@@ -2,13 +2,17 @@
 names the image id, the file and the field, instead of a crash at hour 30 or boxes silently
 dropped; valid input (anything Detectron2's ``DatasetMapper`` trains on) is never rejected.
 
-Two passes, both run once, on the main process (:func:`check_training_data`):
+Two passes, both run once, on the main process. :func:`check_dataset_dicts` is the check, with
+its settings as keyword arguments (what a Python-config front end calls);
+:func:`check_training_data` derives them from a yacs config and runs it on the main process.
 
 - **records** (always, with ``DATALOADER.CHECK_INPUTS``): every record has a ``file_name``; every
   non-crowd annotation has a ``bbox`` of 4 numbers (5 for ``BoxMode.XYWHA_ABS``) in an absolute
-  ``bbox_mode``, all finite, with non-negative width and height. Boxes may be lists, tuples,
-  numpy arrays or torch tensors of python, numpy or torch numbers. Vectorised with numpy over all
-  boxes of the dataset (about a second for COCO train2017's 860k boxes).
+  ``bbox_mode``, all finite, with non-negative width and height, and an integer ``category_id``
+  in ``[0, num_classes)`` (the model's ``NUM_CLASSES``); the datasets' ``thing_classes``
+  (``MetadataCatalog``) are not more than ``num_classes``. Boxes and ids may be python, numpy
+  or torch numbers (boxes also lists, tuples, arrays or tensors). Vectorised with numpy over
+  all annotations of the dataset (about a second for COCO train2017's 860k boxes).
 - **image files** (``DATALOADER.CHECK_IMAGE_FILES`` of them, spread evenly over the dataset; -1:
   all): the file exists and opens as an image (header only, through Detectron2's
   ``PathManager.open`` as ``read_image`` does, so any storage Detectron2 reads works), its size
@@ -26,16 +30,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from detectron2.data import MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 __all__ = [
     "check_dataset_dicts",
+    "check_thing_classes",
     "check_image_files",
     "check_records",
     "check_training_data",
     "image_size_after_exif",
+    "num_classes_of_config",
     "run_on_main_process",
 ]
 
@@ -79,16 +86,45 @@ def run_on_main_process(check: Callable[[], None]) -> None:
         raise ValueError(f"The training data check failed on the main process: {error}")
 
 
+# The config key of the number of classes, per meta-architecture (yacs); another one's classes
+# are not known here and their range is not checked (their presence and type still are).
+NUM_CLASSES_KEYS = {
+    "PseudoIoU": "MODEL.PSEUDO_IOU.NUM_CLASSES",
+    "AutoAssign": "MODEL.AUTOASSIGN.NUM_CLASSES",
+    "RetinaNet": "MODEL.RETINANET.NUM_CLASSES",
+    "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES",
+}
+
+
+def num_classes_of_config(cfg) -> Tuple[Optional[int], Optional[str]]:
+    """
+    (NUM_CLASSES, its key) of the model ``cfg.MODEL.META_ARCHITECTURE`` builds
+    (:data:`NUM_CLASSES_KEYS`), or (None, None) for a meta-architecture without a known key.
+    """
+    key = NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE)
+    if key is None:
+        return None, None
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part) if node is not None else None
+    return (None, None) if node is None else (int(node), key)
+
+
 def check_training_data(dataset_dicts: List[Dict], cfg) -> None:
     """
-    The checks ``DATALOADER.CHECK_INPUTS`` turns on, with the config's settings
-    (``DATALOADER.CHECK_IMAGE_FILES``, ``INPUT.FORMAT``), run once on the main process.
+    The checks ``DATALOADER.CHECK_INPUTS`` turns on, with the yacs config's settings
+    (``DATALOADER.CHECK_IMAGE_FILES``, ``INPUT.FORMAT``, the model's ``NUM_CLASSES``,
+    ``DATASETS.TRAIN``), run once on the main process.
     """
+    num_classes, key = num_classes_of_config(cfg)
     run_on_main_process(
         lambda: check_dataset_dicts(
             dataset_dicts,
-            num_image_files=cfg.DATALOADER.CHECK_IMAGE_FILES,
             image_format=cfg.INPUT.FORMAT,
+            num_image_files=cfg.DATALOADER.CHECK_IMAGE_FILES,
+            num_classes=num_classes,
+            num_classes_key=key or "num_classes",
+            dataset_names=cfg.DATASETS.TRAIN,
         )
     )
 
@@ -96,8 +132,12 @@ def check_training_data(dataset_dicts: List[Dict], cfg) -> None:
 # ---------------------------------------------------------------- both passes
 def check_dataset_dicts(
     dataset_dicts: Sequence[Dict],
-    num_image_files: int = -1,
+    *,
     image_format: Optional[str] = None,
+    num_image_files: int = -1,
+    num_classes: Optional[int] = None,
+    num_classes_key: str = "num_classes",
+    dataset_names: Sequence[str] = (),
     num_threads: int = 8,
 ) -> None:
     """
@@ -105,22 +145,32 @@ def check_dataset_dicts(
 
     Args:
         dataset_dicts: Detectron2 dataset dicts (``file_name``, ``image_id``, ``height``,
-            ``width``, ``annotations`` with ``bbox``, ``bbox_mode``, ``iscrowd``).
+            ``width``, ``annotations`` with ``bbox``, ``bbox_mode``, ``category_id``,
+            ``iscrowd``).
+        image_format: ``INPUT.FORMAT``; the image mode must convert to it (None: not checked).
         num_image_files: how many image files to open (header only), spread evenly over the
             records; -1: all, 0: none.
-        image_format: ``INPUT.FORMAT``; the image mode must convert to it (None: not checked).
+        num_classes: the model's number of classes K: every non-crowd ``category_id`` must be
+            an integer in [0, K), and no dataset of ``dataset_names`` may name more than K
+            ``thing_classes`` (None: ids only checked to be integers).
+        num_classes_key: the config key of ``num_classes``, named in the errors (e.g.
+            ``MODEL.PSEUDO_IOU.NUM_CLASSES``).
+        dataset_names: the registered datasets ``dataset_dicts`` come from (``DATASETS.TRAIN``),
+            whose ``MetadataCatalog`` ``thing_classes`` are compared with ``num_classes``.
         num_threads: threads for the image-file pass (they overlap the storage's latency).
 
     Zero-size boxes and boxes partly or wholly outside the image are legal (COCO has them):
     Detectron2's mapper clips them to the image and drops the empty ones
     (``filter_empty_instances``). Crowd annotations are skipped: the mapper drops them.
     A negative width or height is rejected although Detectron2 would not fail on it: its
-    ``apply_box`` re-orders the corners, training on a box other than the one annotated.
+    ``apply_box`` re-orders the corners, training on a box other than the one annotated; so is
+    a non-integer ``category_id`` (``annotations_to_instances`` would truncate it with ``int``).
     """
     if len(dataset_dicts) == 0:
         raise ValueError("The training dataset is empty (after filtering images without boxes)")
+    check_thing_classes(dataset_names, num_classes, num_classes_key)
     start = time.perf_counter()
-    num_boxes = check_records(dataset_dicts)
+    num_boxes = check_records(dataset_dicts, num_classes, num_classes_key)
     records_s = time.perf_counter() - start
     start = time.perf_counter()
     num_files = check_image_files(dataset_dicts, num_image_files, image_format, num_threads)
@@ -129,6 +179,35 @@ def check_dataset_dicts(
         f"and {num_files} image files (DATALOADER.CHECK_IMAGE_FILES {num_image_files}) in "
         f"{time.perf_counter() - start:.2f} s"
     )
+
+
+def check_thing_classes(
+    dataset_names: Sequence[str], num_classes: Optional[int], num_classes_key: str
+) -> None:
+    """
+    Raise ValueError if a dataset's ``thing_classes`` (``MetadataCatalog``) are more than the
+    model's ``num_classes``: Detectron2's loaders number the classes 0 .. len(thing_classes) - 1,
+    so the ids past K - 1 have no output (and evaluation names the outputs with these classes).
+    Fewer classes than K only warn: training works, the extra outputs are never positive.
+    """
+    if num_classes is None:
+        return
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is None:
+            continue
+        if len(classes) > num_classes:
+            raise ValueError(
+                f"Dataset {name!r} has {len(classes)} thing_classes but {num_classes_key} is "
+                f"{num_classes}: set {num_classes_key} {len(classes)} (its category ids run "
+                f"from 0 to {len(classes) - 1})"
+            )
+        if len(classes) < num_classes:
+            logger.warning(
+                f"Dataset {name!r} has {len(classes)} thing_classes and {num_classes_key} is "
+                f"{num_classes}: the model's last {num_classes - len(classes)} classes are "
+                f"never trained as positives"
+            )
 
 
 def _spread(n: int, k: int) -> np.ndarray:
@@ -141,10 +220,15 @@ def _spread(n: int, k: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- records
-def check_records(dataset_dicts: Sequence[Dict]) -> int:
+def check_records(
+    dataset_dicts: Sequence[Dict],
+    num_classes: Optional[int] = None,
+    num_classes_key: str = "num_classes",
+) -> int:
     """
-    The records pass: ``file_name`` present, boxes well-formed, finite and not inverted.
-    Returns the number of (non-crowd) boxes checked.
+    The records pass: ``file_name`` present, boxes well-formed, finite and not inverted,
+    ``category_id`` an integer in [0, ``num_classes``) (None: any integer), for the non-crowd
+    annotations. Returns the number of (non-crowd) boxes checked.
     """
     for index, record in enumerate(dataset_dicts):
         if "file_name" not in record:
@@ -159,16 +243,83 @@ def check_records(dataset_dicts: Sequence[Dict]) -> int:
     crowd = np.array([ann.get("iscrowd", 0) != 0 for ann in anns], dtype=bool)  # (N,)
     values, lengths = _box_matrix([ann.get("bbox") for ann in anns])  # (N, 5), (N,)
     modes = _mode_array([ann.get("bbox_mode") for ann in anns])  # (N,)
-    bad = _bad_boxes(values, lengths, modes) & ~crowd  # (N,); the mapper drops crowd boxes
+    classes = _class_array([ann.get("category_id") for ann in anns])  # (N,)
+    bad_box = _bad_boxes(values, lengths, modes)  # (N,)
+    bad_class = _bad_classes(classes, num_classes)  # (N,)
+    bad = (bad_box | bad_class) & ~crowd  # (N,); the mapper drops crowd annotations
     if bad.any():
         first = int(np.argmax(bad))
         record = int(np.searchsorted(np.cumsum(counts), first, side="right"))
         index_in_record = first - int(counts[:record].sum())
-        raise ValueError(
-            f"{_image_name(dataset_dicts[record])}, annotation {index_in_record}: "
-            f"{_box_problem(values[first], lengths[first], modes[first], anns[first])}"
-        )
+        if bad_box[first]:
+            problem = _box_problem(values[first], lengths[first], modes[first], anns[first])
+        else:
+            problem = _class_problem(anns[first], num_classes, num_classes_key)
+        raise ValueError(f"{_image_name(dataset_dicts[record])}, annotation {index_in_record}: {problem}")
     return int((~crowd).sum())
+
+
+def _class_array(ids: List) -> np.ndarray:
+    """(N,) float64 class ids; NaN for a missing, non-numeric or non-integer id."""
+    array = None
+    try:  # python or numpy integers (Detectron2's loaders), or tensors: one conversion
+        if isinstance(ids[0], torch.Tensor):  # e.g. a converter that kept torch tensors
+            array = np.asarray([c.item() for c in ids])  # faster than stacking 0-dim tensors
+        else:
+            with warnings.catch_warnings():  # ragged (bad) ids: the one-at-a-time route
+                warnings.simplefilter("ignore")
+                array = np.asarray(ids)
+    except (AttributeError, TypeError, ValueError, RuntimeError, OverflowError):
+        pass  # None, strings, tensors of several elements...: one at a time
+    if array is not None and array.shape == (len(ids),):
+        if array.dtype.kind in "iub":
+            return array.astype(np.float64)
+        if array.dtype.kind == "f":
+            return np.where(array == np.round(array), array, np.nan)
+    return np.array([_class_value(c) for c in ids], dtype=np.float64)
+
+
+def _class_value(category_id) -> float:
+    """An id as a float if it is an integer (python, numpy or a one-element tensor), else NaN."""
+    if isinstance(category_id, torch.Tensor):
+        if category_id.numel() != 1 or category_id.is_complex():
+            return np.nan
+        category_id = category_id.item()
+    if isinstance(category_id, (str, bytes)) or category_id is None:
+        return np.nan
+    try:
+        value = float(category_id)
+    except (TypeError, ValueError):
+        return np.nan
+    return value if np.isfinite(value) and value == round(value) else np.nan
+
+
+def _bad_classes(classes: np.ndarray, num_classes: Optional[int]) -> np.ndarray:
+    """(N,) bool: not an integer, or outside [0, num_classes) (None: no upper bound)."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(classes >= 0)  # also NaN
+        if num_classes is not None:
+            bad |= classes >= num_classes
+    return bad
+
+
+def _class_problem(ann: Dict, num_classes: Optional[int], num_classes_key: str) -> str:
+    """The message for one bad ``category_id``."""
+    if "category_id" not in ann or ann["category_id"] is None:
+        return (
+            f"annotation without 'category_id' (Detectron2's mapper needs it for every "
+            f"non-crowd annotation): {ann}"
+        )
+    value = ann["category_id"]
+    if np.isnan(_class_value(value)):
+        return f"category_id {value!r} is not an integer"
+    if num_classes is None:
+        return f"category_id {value!r} is negative (class ids run from 0)"
+    return (
+        f"category_id {value!r} is outside [0, {num_classes}) ({num_classes_key} "
+        f"{num_classes}): Detectron2's ids are contiguous from 0 (1-based ids, or a dataset "
+        f"with more classes than {num_classes_key}, give this)"
+    )
 
 
 def _box_matrix(boxes: List) -> Tuple[np.ndarray, np.ndarray]:
@@ -193,20 +344,29 @@ def _box_matrix(boxes: List) -> Tuple[np.ndarray, np.ndarray]:
 
 def _stacked(boxes: List) -> Optional[np.ndarray]:
     """All boxes as one (N, k) float64 array when they stack in one call, else None."""
-    is_tensor = [isinstance(box, torch.Tensor) for box in boxes]
-    if all(is_tensor):  # e.g. a converter that kept torch tensors: one torch.stack
+    if isinstance(boxes[0], torch.Tensor):  # e.g. a converter that kept torch tensors
         try:
             return torch.stack(boxes).detach().to("cpu", torch.float64).numpy()
         except (RuntimeError, TypeError, ValueError):
-            return None
-    if any(is_tensor):  # numpy<1.24 does not stack tensors beside other boxes
-        boxes = [box.tolist() if tensor else box for box, tensor in zip(boxes, is_tensor)]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return np.asarray(boxes, dtype=np.float64)
-    except (TypeError, ValueError):
+            pass  # not all tensors, or of different lengths
+    try:  # python or numpy numbers (Detectron2's loaders): one call, no per-box type test
+        return _as_float_array(boxes)
+    except (TypeError, ValueError, RuntimeError):
+        pass
+    if not any(isinstance(box, torch.Tensor) for box in boxes):
         return None
+    # numpy<1.24 does not stack tensors beside other boxes
+    boxes = [box.tolist() if isinstance(box, torch.Tensor) else box for box in boxes]
+    try:
+        return _as_float_array(boxes)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _as_float_array(values: List) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.asarray(values, dtype=np.float64)
 
 
 def _box_values(box) -> Optional[np.ndarray]:
