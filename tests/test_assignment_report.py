@@ -200,14 +200,14 @@ def test_feature_grids_are_the_backbones(config, piou, autoassign):
 
 
 # ------------------------------------------------------------------------ counts = training's
-def _compare_piou(settings, records, scales, batch_points=1 << 22):
+def _compare_piou(settings, records, scales, batch_points=1 << 22, workers=1):
     rules = _all_rules(settings)
     table = collect_annotations(records)
     for scale in scales:
         objects = resize_objects(table, scale, settings.max_size)
         result = assign_objects(
             settings.model, objects, rules, table.image_ids, settings.num_classes,
-            max_points=batch_points,
+            max_points=batch_points, workers=workers,
         )  # fmt: skip
         reference = [mapper_instances(r, scale, settings.max_size) for r in records]
         sizes = [r.image_size for r in reference]
@@ -220,8 +220,9 @@ def _compare_piou(settings, records, scales, batch_points=1 << 22):
 
 
 def test_pseudo_iou_counts_equal_label_points_on_the_demo_dataset(piou):
-    results = dict(_compare_piou(piou, _records(), SCALES, batch_points=300))
-    assert results[48].num_batches > 1  # several batches, and still the same counts
+    # Several batches, assigned by two threads: still the same counts.
+    results = dict(_compare_piou(piou, _records(), SCALES, batch_points=300, workers=2))
+    assert results[48].num_batches > 1
     config = results[80].rules[0]
     assert config.rule.is_config and config.rule.assigner == piou.model.assigner
     assert config.positives.sum() > 0

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-images", type=int, default=0, help="only the first N records (0: all)"
     )
+    parser.add_argument(
+        "--workers", type=int, default=min(2, os.cpu_count() or 1),
+        help="threads assigning batches of images at once (default: 2, or 1 on one core)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
@@ -95,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.examples < 0 or args.max_images < 0:
-        parser.error("argument --examples / --max-images: must be >= 0")
+    if args.examples < 0 or args.max_images < 0 or args.workers < 1:
+        parser.error("argument --examples / --max-images: must be >= 0, --workers: >= 1")
     try:
         report, paths = run_report(
             args.config_file,
@@ -109,6 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             output_dir=args.output,
             num_examples=args.examples,
             max_images=args.max_images,
+            workers=args.workers,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
     except (ValueError, FileNotFoundError) as e:

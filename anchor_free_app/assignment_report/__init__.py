@@ -61,6 +61,7 @@ def run_report(
     output_dir: Optional[str] = None,
     num_examples: int = 10,
     max_images: int = 0,
+    workers: int = 1,
     progress: bool = False,
 ) -> Tuple[Dict, List[str]]:
     """
@@ -85,6 +86,7 @@ def run_report(
         rule_list,
         dataset_names=names,
         num_examples=num_examples,
+        workers=workers,
         progress=progress,
     )
     output_dir = output_dir or f"{settings.output_dir}/assignment_report"

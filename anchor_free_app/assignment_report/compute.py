@@ -22,6 +22,8 @@ depend on which images share a batch.
 """
 import dataclasses
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,8 +38,10 @@ from .settings import Rule
 
 __all__ = ["RuleCounts", "ScaleResult", "assign_objects", "feature_grid_sizes"]
 
-# Images x points per batch: bounds the (N, R) tensors of assign_grid (about 32 MB each).
-DEFAULT_BATCH_POINTS = 1 << 22
+# Images x points per batch: bounds the (N, R) tensors of assign_grid (2 MB each). Larger
+# batches are not faster on the CPU: tensors past malloc's mmap threshold are returned to the
+# system and page-faulted in again at every batch (3x the system time at 1 << 20).
+DEFAULT_BATCH_POINTS = 1 << 18
 
 
 @dataclasses.dataclass
@@ -185,6 +189,7 @@ def assign_objects(
     num_classes: int,
     *,
     max_points: int = DEFAULT_BATCH_POINTS,
+    workers: int = 1,
     progress: bool = False,
 ) -> ScaleResult:
     """
@@ -199,6 +204,8 @@ def assign_objects(
         image_ids: per record, for error messages.
         num_classes: K; objects of another class are an error naming the image.
         max_points: images x points per batch.
+        workers: batches assigned at once by that many Python threads (torch ops release the
+            GIL), each with one torch thread (``torch.set_num_threads(1)`` meanwhile; restored).
         progress: show a tqdm progress bar (images).
     """
     _check_classes(objects, num_classes, image_ids)
@@ -207,17 +214,11 @@ def assign_objects(
         raise ValueError("assign_objects: Pseudo-IoU rules and AutoAssign priors mixed")
     num_levels = len(model.point_generator.strides)
     num_objects = len(objects)
-    grids: Dict[Tuple[int, int], _Grid] = {}
-
-    def grid(hw: Tuple[int, int]) -> _Grid:
-        if hw not in grids:
-            grids[hw] = _Grid(model, hw)
-        return grids[hw]
-
     strides = [int(s) for s in model.point_generator.strides]
     counts_of = lambda hw: sum(h * w for h, w in feature_grid_sizes(hw, strides))  # noqa: E731
     size_div = int(getattr(model.backbone, "size_divisibility", 0) or 0)
     batches = _batches(objects, size_div, counts_of, max_points)
+    grids = {hw: _Grid(model, hw) for hw in sorted({b.padded_hw for b in batches})}
 
     candidates = np.zeros((num_objects, num_levels), dtype=np.int64)
     won = np.zeros(num_objects, dtype=np.int64) if is_piou else None
@@ -235,22 +236,41 @@ def assign_objects(
     totals = {"in_boxes": 0, "several": 0}
     all_boxes = torch.from_numpy(objects.boxes)
     all_classes = torch.from_numpy(objects.classes)
+    step = _PseudoIoUBatch if is_piou else _AutoAssignBatch
+    lock = threading.Lock()  # the counters; batches write disjoint rows of the arrays
+
+    def work(batch: _Batch) -> int:
+        with torch.no_grad():  # per thread
+            obj = torch.from_numpy(batch.objects)
+            boxes, classes = all_boxes.index_select(0, obj), all_classes.index_select(0, obj)
+            counts = torch.from_numpy(batch.counts)
+            step(model, grids[batch.padded_hw], boxes, classes, counts).run(
+                results, batch.objects, candidates, won, totals, lock
+            )
+        return len(batch.images)
+
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=int(sum(len(b.images) for b in batches)), unit="img", leave=False)
-    for batch in batches:
-        g = grid(batch.padded_hw)
-        obj = torch.from_numpy(batch.objects)
-        boxes = all_boxes.index_select(0, obj)
-        counts = torch.from_numpy(batch.counts)
-        step = _PseudoIoUBatch if is_piou else _AutoAssignBatch
-        step(model, g, boxes, all_classes.index_select(0, obj), counts).run(
-            results, batch.objects, candidates, won, totals
-        )
-        if bar is not None:
-            bar.update(len(batch.images))
+    if workers > 1:
+        # One torch thread per worker: the ops are small, and intra-op threads on a busy
+        # machine spin far longer than they work.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                for done in pool.map(work, batches):
+                    if bar is not None:
+                        bar.update(done)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        for batch in batches:
+            done = work(batch)
+            if bar is not None:
+                bar.update(done)
     if bar is not None:
         bar.close()
     return ScaleResult(
@@ -283,20 +303,24 @@ class _BatchBase:
         key = self.box_image.index_select(0, pairs.gt_idx) * g.num_points + pairs.loc_idx
         return pairs, key
 
-    def count_points(self, key: Tensor, totals: Dict[str, int]) -> Tuple[Tensor, Tensor, Tensor]:
+    def count_points(
+        self, key: Tensor, totals: Dict[str, int], lock: threading.Lock
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         """
         The distinct (image, point) keys of the pairs, sorted, with each pair's position among
         them and their number of candidate boxes: O(M log M) on the M pairs, not O(N R).
         Adds the points in a box and in several boxes to ``totals``.
         """
         keys, inverse, per_key = torch.unique(key, return_inverse=True, return_counts=True)
-        totals["in_boxes"] += int(keys.shape[0])
-        totals["several"] += int((per_key > 1).sum())
+        several = int((per_key > 1).sum())
+        with lock:
+            totals["in_boxes"] += int(keys.shape[0])
+            totals["several"] += several
         return keys, inverse, per_key
 
 
 class _PseudoIoUBatch(_BatchBase):
-    def run(self, results, objects, candidates, won, totals) -> None:
+    def run(self, results, objects, candidates, won, totals, lock) -> None:
         g, L = self.grid, self.num_levels
         base = results[0].rule.assigner
         ranges = None
@@ -305,7 +329,7 @@ class _PseudoIoUBatch(_BatchBase):
         pairs, key = self.pairs(strict=base.inside_strict, level_ranges=ranges)
         level = g.level.index_select(0, pairs.loc_idx)
         candidates[objects] = _per_object_level(pairs.gt_idx, level, self.num_objects, L).numpy()
-        keys, inverse, per_key = self.count_points(key, totals)
+        keys, inverse, per_key = self.count_points(key, totals, lock)
         several = per_key > 1  # per distinct key
         several_keys = keys[several]
         # Each pair's object as an index into its image's boxes (what assign_grid returns).
@@ -334,13 +358,14 @@ class _PseudoIoUBatch(_BatchBase):
             passes[inverse[assigner.rule(pairs.ltrb)]] = True
             positive = flat.index_select(0, several_keys) >= 0
             lost = ~positive & passes[several]
-            result.overlaps["positive"] += int(positive.sum())
-            result.overlaps["lost_to_tie_break"] += int(lost.sum())
-            result.overlaps["no_box_passes"] += int((~positive & ~lost).sum())
+            found = [int(positive.sum()), int(lost.sum()), int((~positive & ~lost).sum())]
+            with lock:
+                for name, value in zip(("positive", "lost_to_tie_break", "no_box_passes"), found):
+                    result.overlaps[name] += value
 
 
 class _AutoAssignBatch(_BatchBase):
-    def run(self, results, objects, candidates, won, totals) -> None:
+    def run(self, results, objects, candidates, won, totals, lock) -> None:
         from autoassign.loss import center_offsets
 
         pairs, key = self.pairs()  # as AutoAssign.forward_training
@@ -348,7 +373,7 @@ class _AutoAssignBatch(_BatchBase):
         candidates[objects] = _per_object_level(
             pairs.gt_idx, level, self.num_objects, self.num_levels
         ).numpy()
-        self.count_points(key, totals)
+        self.count_points(key, totals, lock)
         offsets = center_offsets(pairs)
         pair_classes = self.classes.index_select(0, pairs.gt_idx)
         for result in results:

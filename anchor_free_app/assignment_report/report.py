@@ -48,10 +48,12 @@ def make_report(
     dataset_names: Sequence[str] = (),
     num_examples: int = 10,
     max_points: int = DEFAULT_BATCH_POINTS,
+    workers: int = 1,
     progress: bool = False,
 ) -> Dict:
     """
-    Assign every scale and rule on ``records`` and summarise.
+    Assign every scale and rule on ``records`` and summarise (``max_points``, ``workers``,
+    ``progress``: see :func:`~.compute.assign_objects`).
 
     Returns:
         the report as a JSON-ready dict ("summaries" per scale, "facts", settings), with the
@@ -70,7 +72,7 @@ def make_report(
         results.append(
             assign_objects(
                 settings.model, objects, rules, table.image_ids, settings.num_classes,
-                max_points=max_points, progress=progress,
+                max_points=max_points, workers=workers, progress=progress,
             )
         )  # fmt: skip
     summaries = [scale_summary(r, table.image_ids, num_examples) for r in results]
@@ -309,6 +311,7 @@ def _plot(report: Dict, filename: str, zero: bool) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     results: List[ScaleResult] = report["_results"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
@@ -325,6 +328,9 @@ def _plot(report: Dict, filename: str, zero: bool) -> None:
                 markersize=3, color=f"C{j % 10}", label=label,
             )  # fmt: skip
     ax.set_xscale("log")
+    ax.set_xticks([4, 8, 16, 32, 64, 128, 256, 512, 1024])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("object size: sqrt(box area) in the original image (px)")
     what = results[0].rules[0].per_level is not None if results else True
     if zero:

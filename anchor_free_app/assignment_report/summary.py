@@ -79,8 +79,8 @@ def quantities(result: ScaleResult) -> List[Quantity]:
             )  # fmt: skip
         return out
     out.append(
-        Quantity("in-box locations", "in-box locations", result.candidates.sum(axis=1), False,
-                 "without an in-box location")
+        Quantity("in box, unweighted", "in-box locations", result.candidates.sum(axis=1),
+                 False, "without an in-box location")
     )  # fmt: skip
     for r in result.rules:
         out.append(
@@ -178,56 +178,93 @@ def _pct(stats: Dict) -> str:
     return f"{stats['zero_pct']:.1f} %" if stats.get("objects") else "n/a"
 
 
+def _num(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _mean(stats: Dict) -> str:
+    return _num(stats["mean"]) if stats.get("objects") else "n/a"
+
+
 def facts(summaries: Sequence[Dict]) -> List[str]:
     """
-    Statements the numbers back, for the recommendation section: per scale, what share of the
-    objects below 16 px and of all objects each rule leaves without a positive (or in-box
-    location) and its median count; why the config's rule leaves objects without positives;
-    the points the tie-break hands to a box the rule then rejects.
+    Statements the numbers back, for the recommendation section, per scale. Pseudo-IoU: the
+    share of the objects below 16 px and of all objects each rule leaves without a positive,
+    and its median positives; why the config's rule leaves objects without one; the points
+    with several candidate boxes that end as background although another of their boxes
+    passes the rule. AutoAssign: the objects without an in-box location, and over how many
+    locations each prior spreads an object's weight.
     """
     lines = []
     for s in summaries:
-        where = f"At short side {s['scale']}"
-        tiny_n = s["rows"][0]["by_size"]["< 16 px"].get("objects", 0) if s["rows"] else 0
-        parts = []
-        for row in s["rows"]:
-            tiny, every = row["by_size"]["< 16 px"], row["by_size"]["all"]
-            if not every.get("objects"):
-                continue
-            parts.append(
-                f"{row['rule']} leaves {_pct(tiny)} of the objects below 16 px and "
-                f"{_pct(every)} of all objects {row['zero_label']} (median {every['p50']:g} "
-                f"{row['quantity']} per object)"
+        rows = s["rows"]
+        if not rows or not rows[0]["by_size"]["all"].get("objects"):
+            continue
+        where = f"Short side {s['scale']}"
+        tiny_n = rows[0]["by_size"]["< 16 px"].get("objects", 0)
+        if "why_without" in rows[0]:
+            lines += _pseudo_iou_facts(where, s, rows, tiny_n)
+        else:
+            lines += _autoassign_facts(where, rows, tiny_n)
+    return lines
+
+
+def _pseudo_iou_facts(where: str, s: Dict, rows: List[Dict], tiny_n: int) -> List[str]:
+    lines = [
+        f"{where}: objects without a positive, below 16 px ({tiny_n} objects) / all: "
+        + "; ".join(
+            f"{r['rule']} {_pct(r['by_size']['< 16 px'])} / {_pct(r['by_size']['all'])}"
+            for r in rows
+        )
+        + ". Median positives per object: "
+        + ", ".join(f"{r['rule']} {_num(r['by_size']['all']['p50'])}" for r in rows)
+        + "."
+    ]
+    config = next((r for r in rows if r["is_config"]), rows[0])
+    why = config["why_without"]["all"]
+    n = why["without_positive"]
+    if n:
+        lines.append(
+            f"{where}: of the {n} objects without a positive under {config['rule']}, "
+            f"{100.0 * why['no_candidate_point'] / n:.1f} % have no candidate point (no point "
+            "of a level whose size range fits them lies inside the box: no rule or threshold "
+            f"gives them one), {100.0 * why['all_candidates_to_other_boxes'] / n:.1f} % lose "
+            "every candidate point to another box in the tie-break, "
+            f"{100.0 * why['rule_rejects_all'] / n:.1f} % are rejected by the rule."
+        )
+    several = s["points_in_several_boxes"]
+    if several:
+        lines.append(
+            f"{where}: {several} points ({100.0 * several / max(s['points_in_boxes'], 1):.1f} % "
+            "of the points with a candidate box) have several candidate boxes; background "
+            "although another of their boxes passes the rule: "
+            + ", ".join(
+                f"{r['rule']} {100.0 * r['overlaps']['lost_to_tie_break'] / several:.1f} %"
+                for r in rows
             )
-        if parts:
-            lines.append(f"{where} ({tiny_n} objects below 16 px): " + "; ".join(parts) + ".")
-        config = next((r for r in s["rows"] if r["is_config"] and "why_without" in r), None)
-        if config is not None:
-            why = config["why_without"]["all"]
-            if why["without_positive"]:
-                n = why["without_positive"]
-                lines.append(
-                    f"{where}, of the {n} objects without a positive under {config['rule']}: "
-                    f"{100.0 * why['no_candidate_point'] / n:.1f} % have no candidate point (no "
-                    "point of a level whose size range fits them lies inside the box: no rule "
-                    f"or threshold gives them one), "
-                    f"{100.0 * why['all_candidates_to_other_boxes'] / n:.1f} % lose every "
-                    "candidate to another box in the tie-break, "
-                    f"{100.0 * why['rule_rejects_all'] / n:.1f} % are rejected by the rule."
-                )
-        several = s["points_in_several_boxes"]
-        for row in s["rows"]:
-            if "overlaps" not in row or not several:
-                continue
-            lost = row["overlaps"]["lost_to_tie_break"]
-            if row["is_config"] or lost:
-                lines.append(
-                    f"{where}, {several} points ({100.0 * several / max(s['points_in_boxes'], 1):.1f}"
-                    f" % of the points with a candidate box) have several candidate boxes; under "
-                    f"{row['rule']} {100.0 * row['overlaps']['positive'] / several:.1f} % become "
-                    f"positives of the box the tie-break chose and {100.0 * lost / several:.1f} % "
-                    "background although another of their boxes passes the rule."
-                )
+            + "."
+        )
+    return lines
+
+
+def _autoassign_facts(where: str, rows: List[Dict], tiny_n: int) -> List[str]:
+    inbox = rows[0]["by_size"]
+    lines = [
+        f"{where}: {_pct(inbox['< 16 px'])} of the objects below 16 px ({tiny_n} objects) and "
+        f"{_pct(inbox['all'])} of all objects have no in-box location: they have no positive "
+        "candidate (and add 0 to loss_pos). Median in-box locations per object: "
+        f"{_num(inbox['all']['p50'])}."
+    ]
+    for row in rows[1:]:
+        eff = row["by_size"]
+        lines.append(
+            f"{where}: the {row['rule']} spreads an object's weight over a median of "
+            f"{_num(eff['all']['p50'])} effective locations (mean per object, effective / "
+            "in-box: below 16 px "
+            f"{_mean(eff['< 16 px'])} / {_mean(inbox['< 16 px'])}, medium "
+            f"{_mean(eff['medium'])} / {_mean(inbox['medium'])}, large {_mean(eff['large'])} / "
+            f"{_mean(inbox['large'])})."
+        )
     return lines
 
 
