@@ -158,6 +158,7 @@ class PartResult:
     limit_s: float = 0.0
     figures: Dict[str, Any] = field(default_factory=dict)
     logs: List[str] = field(default_factory=list)
+    build_running: bool = False  # Detectron2's CUDA operators compiling meanwhile (nice 10)
 
 
 class Context:
@@ -309,13 +310,15 @@ def _cuda_arch(ctx: Context) -> Optional[str]:
 def start_build(ctx: Context, manifest: Dict[str, Any]) -> None:
     """Detectron2 main's operators with CUDA (``setup.py build_ext --inplace`` in a copy of the
     source), in the background at low priority; :func:`wait_build` collects it."""
-    nvcc = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
-                                    if os.environ.get("CUDA_HOME") else None)
+    candidates = [shutil.which("nvcc"), os.path.join(os.environ.get("CUDA_HOME", "/nonexistent"),
+                                                     "bin", "nvcc"), "/usr/local/cuda/bin/nvcc"]
+    nvcc = next((c for c in candidates if c and os.path.isfile(c)), None)
     if ctx.device != "cuda":
         ctx.build = {"status": "skipped", "reason": "CPU mode: no CUDA operators to build"}
         return
-    if not nvcc or not os.path.exists(nvcc):
-        ctx.build = {"status": "skipped", "reason": "nvcc not found (PATH, CUDA_HOME)"}
+    if not nvcc:
+        ctx.build = {"status": "skipped",
+                     "reason": "nvcc not found (PATH, CUDA_HOME, /usr/local/cuda)"}
         return
     if ctx.d2_source is None:
         ctx.build = {"status": "skipped", "reason": "no Detectron2 main source"}
@@ -327,7 +330,8 @@ def start_build(ctx: Context, manifest: Dict[str, Any]) -> None:
     src = os.path.join(build_root, os.listdir(build_root)[0])
     env = ctx.env()
     jobs = max(1, (os.cpu_count() or 2) // 2)
-    env.update(FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST=arch, MAX_JOBS=str(jobs))
+    env.update(FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST=arch, MAX_JOBS=str(jobs),
+               CUDA_HOME=os.path.dirname(os.path.dirname(nvcc)))
     log = ctx.log("setup_build_cuda_ops")
     with open(log, "w") as f:
         ctx.build_proc = subprocess.Popen(
@@ -529,8 +533,8 @@ def part_train(ctx: Context, res: PartResult) -> None:
                             "iterations logged")
         if entry["eval_only"] is None:
             problems.append(f"{name} {precision}: no AP from --eval-only")
-        elif not abs(entry["eval_only"]["AP"] - (entry["ap_after_training"] or -1e9)) <= \
-                ROUND_TRIP_AP_TOL:
+        elif (entry["ap_after_training"] is None or not abs(
+                entry["eval_only"]["AP"] - entry["ap_after_training"]) <= ROUND_TRIP_AP_TOL):
             problems.append(f"{name} {precision}: AP of the saved model (--eval-only) "
                             f"{entry['eval_only']['AP']} != AP after training "
                             f"{entry['ap_after_training']}")
@@ -758,6 +762,7 @@ def run_part(ctx: Context, name: str) -> PartResult:
         res.reason = f"not run: the run's time budget was spent ({remaining:.0f} s left)"
         return res
     started = time.time()
+    res.build_running = ctx.build_proc is not None and ctx.build_proc.poll() is None
     print(f"[gpu-check] {name}: {TITLES[name]} (limit {res.limit_s:.0f} s)", flush=True)
     try:
         PART_FUNCTIONS[name](ctx, res)
@@ -786,8 +791,9 @@ def markdown(summary: Dict[str, Any]) -> str:
              "| part | verdict | seconds (limit) | reason |", "|---|---|---|---|"]
     for p in summary["parts"]:
         reason = p["reason"].replace("|", "/").replace("\n", " ")[:300]
-        lines.append(f"| {p['title']} | **{p['verdict']}** | {p['seconds']} ({p['limit_s']}) | "
-                     f"{reason} |")
+        build = " (CUDA ops building meanwhile)" if p["build_running"] else ""
+        lines.append(f"| {p['title']} | **{p['verdict']}** | {p['seconds']} ({p['limit_s']})"
+                     f"{build} | {reason} |")
     parts = {p["name"]: p for p in summary["parts"]}
     train = parts.get("train", {}).get("figures", {})
     if train.get("configs"):

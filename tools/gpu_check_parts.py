@@ -3,8 +3,9 @@
 Two parts of the GPU acceptance run (``tools/gpu_check.py``, docs/gpu_acceptance.md) that no
 other tool covers; each writes a JSON result and exits non-zero when its check fails.
 
-``export``: both detectors exported by ``anchor_free_app.export`` (tracing, TorchScript and ONNX)
-on ``--device``, run there and compared with the eager model on generated images of other sizes
+``export``: both detectors exported by ``anchor_free_app.export`` (tracing, TorchScript and ONNX,
+on the CPU as ``tools/export_model.py`` does, and on CUDA also TorchScript traced there), run on
+``--device`` and compared with the eager model there on generated images of other sizes
 (``compare_detections``). TorchScript runs on the device (``torch.jit.load(map_location=...)``);
 ONNX runs on ONNX Runtime's CUDA provider when it is installed, else on its CPU provider (said in
 the result). On CUDA, TF32 is turned off so that eager float32 is comparable with ONNX Runtime.
@@ -22,6 +23,7 @@ and two DistributedDataParallel steps of the same model (gradients reduced by NC
         [KEY VALUE ...]
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -94,9 +96,13 @@ def _torchscript_runner(path: str, device: torch.device):
 
 def export_one(name: str, config: str, weights: str, opts: Sequence[str], device: torch.device,
                output: str, score_thresh: float) -> Dict[str, Any]:
-    """Export one detector both ways on ``device``; run and compare each on CHECK_SIZES, with
-    the detector's ``SCORE_THRESH_TEST`` set to ``score_thresh`` (0: every candidate passes,
-    so that there are detections to compare, as tests/test_export.py does)."""
+    """
+    Export one detector and run the exports on ``device`` against the eager model there, on
+    CHECK_SIZES, with the detector's ``SCORE_THRESH_TEST`` at ``score_thresh`` (0: every
+    candidate passes, so that there are detections to compare, as tests/test_export.py does).
+    Traced on the CPU as ``tools/export_model.py`` does (TorchScript, ONNX); on CUDA also
+    TorchScript traced on the device.
+    """
     from detectron2.modeling import build_model
 
     from anchor_free_app.checkpoint import SafeDetectionCheckpointer
@@ -106,7 +112,7 @@ def export_one(name: str, config: str, weights: str, opts: Sequence[str], device
         export_model, generated_image, sample_input,
     )  # fmt: skip
 
-    cfg = setup_cfg(config, list(opts) + ["MODEL.DEVICE", str(device)], freeze=False)
+    cfg = setup_cfg(config, list(opts) + ["MODEL.DEVICE", "cpu"], freeze=False)
     node = {"PseudoIoU": "PSEUDO_IOU", "AutoAssign": "AUTOASSIGN"}[cfg.MODEL.META_ARCHITECTURE]
     cfg.MODEL[node].SCORE_THRESH_TEST = score_thresh
     cfg.freeze()
@@ -114,15 +120,20 @@ def export_one(name: str, config: str, weights: str, opts: Sequence[str], device
     if weights:
         SafeDetectionCheckpointer(model, strict=True).load(weights)
     model.eval()
-    image = sample_input(cfg).to(device)
+    on_device = model if device.type == "cpu" else copy.deepcopy(model).to(device)
+    image = sample_input(cfg)
     result: Dict[str, Any] = {"config": config, "weights": weights or "random init",
                               "traced_size": list(image.shape[1:]), "formats": {}}
-    for fmt in ("torchscript", "onnx"):
-        entry: Dict[str, Any] = {}
-        result["formats"][fmt] = entry
+    variants = [("torchscript", "torchscript", model), ("onnx", "onnx", model)]
+    if device.type != "cpu":
+        variants.append((f"torchscript_traced_on_{device.type}", "torchscript", on_device))
+    for key, fmt, traced in variants:
+        entry: Dict[str, Any] = {"traced_on": str(next(traced.parameters()).device)}
+        result["formats"][key] = entry
         started = time.time()
         try:
-            path = export_model(model, image, os.path.join(output, name), fmt, "tracing")
+            sample = image.to(next(traced.parameters()).device)
+            path = export_model(traced, sample, os.path.join(output, name, key), fmt, "tracing")
             entry["export_s"] = round(time.time() - started, 2)
             if fmt == "torchscript":
                 run, entry["ran_on"] = _torchscript_runner(path, device), str(device)
@@ -140,7 +151,7 @@ def export_one(name: str, config: str, weights: str, opts: Sequence[str], device
             for seed, (h, w) in enumerate(CHECK_SIZES, start=1):
                 img = generated_image(h, w, seed=seed).astype("float32").transpose(2, 0, 1)
                 img = torch.as_tensor(img.copy()).to(device)
-                parity = compare_detections(eager_detections(model, img), run(img),
+                parity = compare_detections(eager_detections(on_device, img), run(img),
                                             min_score=ONNX_MIN_SCORE, box_tol=box_tol,
                                             score_tol=score_tol)
                 entry["images"].append(parity.as_dict())

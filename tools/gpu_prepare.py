@@ -78,8 +78,7 @@ GPU_IMAGE_PROVIDES = {
 NOT_NEEDED = {"black", "pydot", "future"}
 # The GPU machine's platform for `pip download` (pip matches each manylinux tag exactly).
 PLATFORM_ARGS = [
-    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312",
-    "--abi", "abi3", "--abi", "none",
+    "--only-binary=:all:", "--implementation", "cp", "--abi", "abi3", "--abi", "none",
     "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_27_x86_64",
     "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
     "--platform", "manylinux1_x86_64", "--platform", "any",
@@ -113,12 +112,14 @@ def pip(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def fetch_wheels(wheels_dir: str) -> None:
+def fetch_wheels(wheels_dir: str, python_version: str) -> None:
     """The pinned requirements as wheels for the GPU machine (no dependencies: they are pinned
     above, and the closure is checked in :func:`check_requirements`)."""
     binary = [f"{n}=={v}" for n, v in WHEELS.items() if n not in SOURCE_ONLY]
     source = [f"{n}=={v}" for n, v in WHEELS.items() if n in SOURCE_ONLY]
-    pip("download", "--no-deps", *PLATFORM_ARGS, "-d", wheels_dir, *binary)
+    abi = "cp" + python_version.replace(".", "")
+    pip("download", "--no-deps", *PLATFORM_ARGS, "--python-version", python_version, "--abi", abi,
+        "-d", wheels_dir, *binary)
     pip("wheel", "--no-deps", "-w", wheels_dir, *source)
 
 
@@ -227,6 +228,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--d2-source", default=None,
                         help=f"Detectron2 main source archive (default $D2_SOURCE or {D2_ARCHIVE} "
                              "in shared/vendor beside the checkout)")
+    parser.add_argument("--python-version", default="3.12",
+                        help="CPython version of the GPU machine (3.12; another one to try the "
+                             "bundle on this machine)")
     parser.add_argument("--limit-mib", type=float, default=64.0,
                         help="size limit of the working tree plus the bundle")
     args = parser.parse_args(argv)
@@ -243,7 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     wheels_dir = os.path.join(staging, "wheels")
     os.makedirs(wheels_dir)
-    fetch_wheels(wheels_dir)
+    fetch_wheels(wheels_dir, args.python_version)
     build_pb1_wheel(wheels_dir)
     requires = check_requirements(wheels_dir)
     shutil.copy(d2_source, os.path.join(staging, os.path.basename(d2_source)))
@@ -256,7 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             files[rel] = {"sha256": sha256(path), "bytes": os.path.getsize(path)}
     manifest = {
         "made_by": "tools/gpu_prepare.py",
-        "python": "cp312, manylinux x86-64",
+        "python": f"cp{args.python_version.replace('.', '')}, manylinux x86-64",
         "d2_source": os.path.basename(d2_source),
         "d2_source_sha256": got,
         "wheels": {f: {"requires": r} for f, r in requires.items()},
