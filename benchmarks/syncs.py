@@ -11,9 +11,9 @@ synchronise on CUDA:
   ``aten.allclose`` (they return a Python value, which the host must wait for);
 * **data-dependent output sizes**: ``aten.nonzero`` (``torch.where(mask)``, ``argwhere``),
   ``aten.masked_select``, ``aten.index`` / ``aten.index_put(_)`` with a boolean index
-  (``x[mask]``, ``x[mask] = t`` with a device tensor ``t``; counted once: CUDA runs a ``nonzero`` inside them, the CPU
-  dispatches no separate ``nonzero``; the backward of ``x[mask]`` is another ``index_put``
-  with the mask, and it is counted too), ``aten._unique2`` and the other ``unique`` variants,
+  (``x[mask]``, ``x[mask] = t`` with a device tensor ``t``; counted once: CUDA runs a
+  ``nonzero`` inside them, the CPU dispatches no separate ``nonzero``; the backward of
+  ``x[mask]`` is another ``index_put`` with the mask, and it is counted too), ``aten._unique2`` and the other ``unique`` variants,
   ``aten.bincount`` (its length is the maximum value), torchvision's ``nms``: the host must
   learn the size before it can allocate the output;
 * ``aten.repeat_interleave`` with tensor repeats and no ``output_size`` counts **2**: CUDA's
@@ -120,9 +120,12 @@ def _tensors(tree: Any) -> List[Tensor]:
     return [t for t in tree_flatten(tree)[0] if isinstance(t, Tensor)]
 
 
-def _aten_syncs(func, args, kwargs, is_host: Callable[[Tensor], bool]) -> Tuple[Optional[str], int]:
+def _aten_syncs(
+    func, args, kwargs, is_host: Callable[[Tensor], bool], naive: bool = False
+) -> Tuple[Optional[str], int]:
     """(kind, number) of the synchronisations the aten op ``func`` forces on CUDA; (None, 0)
-    for none. ``is_host(t)``: whether ``t`` is a host tensor."""
+    for none. ``is_host(t)``: whether ``t`` is a host tensor. ``naive``: the plain aten-level
+    rule (no masked fill, one per ``repeat_interleave``; see :class:`SyncCounter`)."""
     name = str(func.overloadpacket)
     if name in _HOST_READ:
         return "host_read", 1
@@ -131,7 +134,8 @@ def _aten_syncs(func, args, kwargs, is_host: Callable[[Tensor], bool]) -> Tuple[
     if name in _BOOL_INDEXED and len(args) > 1:
         indices = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
         if any(isinstance(i, Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices):
-            if name != "aten.index" and _dispatches_to_masked_fill(args, kwargs, is_host):
+            masked_fill = name != "aten.index" and not naive
+            if masked_fill and _dispatches_to_masked_fill(args, kwargs, is_host):
                 return None, 0
             return "data_dependent_size", 1
     if name == "aten.repeat_interleave" and kwargs.get("output_size") is None:
@@ -139,7 +143,8 @@ def _aten_syncs(func, args, kwargs, is_host: Callable[[Tensor], bool]) -> Tuple[
         repeats = args[0] if func._overloadname == "Tensor" else (args[1:2] or [None])[0]
         if isinstance(repeats, Tensor):
             # Repeat.h: cumsum[-1].item() and (repeats >= 0).all().item(), unless empty
-            return "data_dependent_size", 2 if repeats.numel() > 0 else 0
+            reads = 1 if naive else 2
+            return "data_dependent_size", reads if repeats.numel() > 0 else 0
     return None, 0
 
 
@@ -163,8 +168,9 @@ def _dispatches_to_masked_fill(args, kwargs, is_host: Callable[[Tensor], bool]) 
 class _State:
     """Counts, and which tensors stand for host tensors."""
 
-    def __init__(self, host_inputs: Iterable[Tensor], simulate: bool):
+    def __init__(self, host_inputs: Iterable[Tensor], simulate: bool, naive: bool = False):
         self.simulate = simulate  # CPU run: placement on CUDA simulated
+        self.naive = naive  # every tensor on the device, plain aten-level rules
         self.counts: Dict[str, collections.Counter] = {k: collections.Counter() for k in KINDS}
         self.locations: collections.Counter = collections.Counter()
         self.host = WeakIdKeyDictionary()
@@ -181,6 +187,8 @@ class _State:
             self.locations[_caller()] += number
 
     def is_host(self, t: Tensor) -> bool:
+        if self.naive:
+            return False
         if not self.simulate:
             return t.device.type == "cpu"
         return t in self.host
@@ -205,7 +213,7 @@ class _DispatchCounter(TorchDispatchMode):
         tensors = _tensors((args, kwargs))
         on_host = bool(tensors) and all(self.state.is_host(t) for t in tensors)
         if tensors and not on_host and not self.state.cuda_skips_reads:
-            kind, number = _aten_syncs(func, args, kwargs, self.state.is_host)
+            kind, number = _aten_syncs(func, args, kwargs, self.state.is_host, self.state.naive)
             if number:
                 self.state.count(kind, str(func.overloadpacket), number)
         out = func(*args, **kwargs)
@@ -272,7 +280,8 @@ class _FunctionCounter(TorchFunctionMode):
                 return func(*args, **kwargs)
             finally:
                 st.scalar_setitem -= 1
-        if func is F.one_hot and isinstance(args[0], Tensor) and not st.is_host(args[0]):
+        one_hot = func is F.one_hot and isinstance(args[0], Tensor) and not st.naive
+        if one_hot and not st.is_host(args[0]):
             num_classes = args[1] if len(args) > 1 else kwargs.get("num_classes", -1)
             st.cuda_skips_reads += 1  # Onehot.cpp: the min / max checks run off CUDA only
             try:
@@ -314,14 +323,22 @@ class SyncCounter:
             output); on a CPU run every other tensor that exists before is taken as a device
             tensor.
         device: where ``step`` runs; on CUDA the placement is the tensors' real device.
+        naive: count as a plain aten-level counter would, for comparisons with such counts
+            (not what CUDA does): no host / device placement (every tensor a device tensor, so
+            reads of host tensors count), each ``repeat_interleave`` and boolean-indexed
+            ``index_put`` once (no masked fill), ``F.one_hot``'s CPU-only reads counted. The
+            input copies are then not seen (the inputs count as device tensors).
 
     After the block: ``c.counts`` {kind: {op: n}}, ``c.total``, ``c.total_without_inputs``,
     ``c.by_location`` {"path:line": n} (the caller of each counted operation, input copies
     left out; most frequent first).
     """
 
-    def __init__(self, host_inputs: Iterable[Tensor] = (), device: Any = "cpu"):
-        self._state = _State(host_inputs, simulate=torch.device(device).type == "cpu")
+    def __init__(
+        self, host_inputs: Iterable[Tensor] = (), device: Any = "cpu", *, naive: bool = False
+    ):
+        simulate = torch.device(device).type == "cpu"
+        self._state = _State(host_inputs, simulate=simulate, naive=naive)
         self._modes: List[Any] = []
 
     def __enter__(self) -> "SyncCounter":

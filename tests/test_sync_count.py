@@ -220,3 +220,22 @@ def test_cuda_debug_mode_agrees_on_repeat_interleave_and_masked_fill():
         with SyncCounter(device="cuda") as c:
             call()
         assert c.total == cuda.total == expected
+
+
+def test_naive_rules_count_as_a_plain_aten_level_counter():
+    """``naive=True`` (benchmarks/experiments/reconcile_sync_counts.py): no placement, one per
+    repeat_interleave and boolean-indexed index_put, F.one_hot's CPU reads: what a plain
+    counter of aten operations reports, to compare with such counts."""
+    v = torch.tensor([3, 1, 3, 0]) * 1
+    x = torch.randn(4) * 1
+
+    def step():
+        torch.repeat_interleave(v)  # CUDA: 2
+        x.clone()[x > 0] = 0  # CUDA: a masked fill, 0
+        F.one_hot(v, 4)  # CUDA: 0; the CPU reads min and max
+        int(torch.tensor([2, 3]).max())  # a host tensor: 0 on CUDA
+
+    for naive, expected in ((False, 2), (True, 1 + 1 + 2 + 1)):
+        with SyncCounter(naive=naive) as c:
+            step()
+        assert c.total == expected, (naive, c.counts)

@@ -255,7 +255,8 @@ def check_records(
             problem = _box_problem(values[first], lengths[first], modes[first], anns[first])
         else:
             problem = _class_problem(anns[first], num_classes, num_classes_key)
-        raise ValueError(f"{_image_name(dataset_dicts[record])}, annotation {index_in_record}: {problem}")
+        name = _image_name(dataset_dicts[record])
+        raise ValueError(f"{name}, annotation {index_in_record}: {problem}")
     return int((~crowd).sum())
 
 
