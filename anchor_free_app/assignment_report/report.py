@@ -316,19 +316,22 @@ def _plot(report: Dict, filename: str, zero: bool) -> None:
     results: List[ScaleResult] = report["_results"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
     styles = ["-", "--", ":", "-."]
-    labels = set()
+    labels, plotted = set(), []
     for k, result in enumerate(results):
         for j, q in enumerate(quantities(result)):
             centre, mean, zero_pct = zero_fraction_by_bin(result.objects.sizes, q.values)
             label = q.rule if q.label == "positive points" else f"{q.rule}: {q.label}"
             label = f"{label}, short side {result.objects.scale}"
             labels.add(label)
+            plotted += list(centre[np.isfinite(mean)])
             ax.plot(
                 centre, zero_pct if zero else mean, styles[k % len(styles)], marker="o",
                 markersize=3, color=f"C{j % 10}", label=label,
             )  # fmt: skip
     ax.set_xscale("log")
     ax.set_xticks([4, 8, 16, 32, 64, 128, 256, 512, 1024])
+    if plotted:
+        ax.set_xlim(min(plotted) / 1.25, max(plotted) * 1.25)
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("object size: sqrt(box area) in the original image (px)")
