@@ -8,7 +8,7 @@ the summary (:func:`anchor_free_app.assignment_report.make_report`), and writing
 JSON, CSV and plots (``write_report``). Prints a markdown table with wall and CPU time, the
 torch threads and the load average (the machine may be shared).
 
-    python benchmarks/assignment_report.py                          # Pseudo-IoU release, 1 rule, 800
+    python benchmarks/assignment_report.py              # Pseudo-IoU release: 1 rule, short side 800
     python benchmarks/assignment_report.py --config-file configs/Base-AutoAssign.yaml
     python benchmarks/assignment_report.py --thresholds 0.3,0.5 --rules af_baseline --scales 640,800
     python benchmarks/assignment_report.py --records 20000 --threads 1

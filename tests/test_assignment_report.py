@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from anchor_free_app.assignment_report import (
-    Rule,
     assign_objects,
     build_rules,
     collect_annotations,
@@ -374,8 +373,9 @@ def test_cli_on_the_builtin_dataset(tmp_path):
     )  # fmt: skip
     assert "| Pseudo-IoU > 0.4 [config] | positive points |" in text
     assert "## Short side 48" in text and "## Short side 80" in text and "## Facts" in text
-    for name in ("report.md", "report.json", "summary.csv", "levels.csv",
-                 "objects_with_zero.csv", "per_object_by_size.png", "zero_by_size.png"):  # fmt: skip
+    names = ["report.md", "report.json", "summary.csv", "levels.csv", "objects_with_zero.csv",
+             "per_object_by_size.png", "zero_by_size.png"]  # fmt: skip
+    for name in names:
         assert (out / name).stat().st_size > 0, name
     _check_png(out / "zero_by_size.png")
     summary = (out / "summary.csv").read_text().splitlines()

@@ -5,9 +5,11 @@ points inside several boxes and how the rule resolved them, AutoAssign's in-box 
 center prior's effective number of locations. Reads annotations and image sizes only (no pixels,
 no model forward) and runs the training's own assignment code on the training resize.
 
-    python tools/assignment_report.py --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml \\
+    python tools/assignment_report.py \\
+        --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml \\
         --thresholds 0.3,0.5 --rules af_baseline,centerness,scaled_box --output output/report
-    python tools/assignment_report.py --config-file configs/AutoAssign/autoassign_R_18_FPN_demo.yaml \\
+    python tools/assignment_report.py \\
+        --config-file configs/AutoAssign/autoassign_R_18_FPN_demo.yaml \\
         --prior init,weights MODEL.WEIGHTS output/demo_autoassign/model_final.pth
 
 Prints the markdown report and writes report.md, report.json, summary.csv, levels.csv,
