@@ -333,7 +333,7 @@ class AutoAssign(AnchorFreeDetector):
         """
         The losses of the batch, computed on the in-box pairs of all images at once (object
         indices over the batch, locations as (image, location)): no per-image or per-object
-        host synchronisation (one for the ground-truth check, two in ``inbox_pairs``).
+        host synchronisation (one for the ground-truth check, three in ``inbox_pairs``).
 
         Args:
             images: the batch; features: per level (N, C, H_l, W_l);
