@@ -2,6 +2,7 @@
 DEVICE=cpu`` runs): every part's plumbing and the summary, on a small bundle made here (one wheel,
 one source archive) so that the install step runs too; and that a failing part makes the run
 exit non-zero. About a minute on an idle 2-core machine."""
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -168,3 +169,46 @@ def test_part_past_its_limit_is_killed(tmp_path):
     assert codes == [None, 3]
     problems = gpu_check._failed(codes, [log for _, log in jobs], 3)
     assert "timed out" in problems[0] and "exit 3" in problems[1]
+
+
+@pytest.mark.parametrize("setup_py,status", [
+    ("import os; open('env.txt', 'w').write(os.environ['TORCH_CUDA_ARCH_LIST'] + ' ' + "
+     "os.environ['FORCE_CUDA'] + ' ' + os.environ['MAX_JOBS'])", "ok"),
+    ("raise SystemExit('no Python.h')", "failed"),
+    ("import time; time.sleep(60)", "timed out"),
+])
+def test_cuda_operator_build_in_background(tmp_path, monkeypatch, setup_py, status):
+    """The GPU mode's background build of Detectron2's operators and what the DCN part makes of
+    it, with a stand-in nvcc and a source archive whose setup.py stands in for Detectron2's."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "nvcc").write_text("#!/bin/sh\n")
+    (bindir / "nvcc").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(gpu_check, "_cuda_arch", lambda ctx: "9.0")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    with tarfile.open(bundle / "d2.tar.gz", "w:gz") as tar:
+        data = setup_py.encode()
+        member = tarfile.TarInfo("d2-src/setup.py")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    args = gpu_check.parse_args(["--device", "cpu", "--bundle", str(bundle), "--output",
+                                 str(tmp_path / "out")])
+    ctx = gpu_check.Context(args)
+    ctx.device, ctx.d2_source = "cuda", str(tmp_path)
+    ctx.sizes = dataclasses.replace(ctx.sizes, build_limit_s=3)
+    os.makedirs(ctx.work)
+    gpu_check.start_build(ctx, {"d2_source": "d2.tar.gz"})
+    assert ctx.build["status"] == "running" and ctx.build["arch"] == "9.0"
+    build = gpu_check.wait_build(ctx)
+    assert build["status"] == status and build["seconds"] < 30
+    if status == "ok":
+        env = open(os.path.join(build["source"], "env.txt")).read().split()
+        assert env[:2] == ["9.0", "1"] and int(env[2]) >= 1
+        return
+    res = gpu_check.PartResult("dcn", gpu_check.TITLES["dcn"], limit_s=60)
+    gpu_check.part_dcn(ctx, res)
+    assert res.verdict == "skipped" and status in res.reason
+    if status == "failed":
+        assert "no Python.h" in res.reason
