@@ -86,12 +86,6 @@ def localization_likelihood(pred_ltrb: Tensor, target_ltrb: Tensor, loc_lambda: 
     return _LocalizationLikelihood.apply(pred_ltrb, target_ltrb.detach(), float(loc_lambda))
 
 
-def _max_grad_share(a: Tensor, b: Tensor) -> Tensor:
-    """Share of the gradient of ``torch.maximum(a, b)`` going to ``a``: 1 where a > b, 1/2 on
-    ties, 0 where a < b (the rule of torch's ``maximum`` / ``minimum`` backward)."""
-    return torch.where(a == b, 0.5, (a > b).to(a.dtype))
-
-
 def _giou_likelihood_grad(
     grad_p: Tensor, pred: Tensor, target: Tensor, p_loc: Tensor, loc_lambda: float,
     eps: float = 1e-7,
@@ -127,32 +121,38 @@ def _giou_likelihood_grad(
     Returns:
         (2, 2, P) in the layout of ``pred``.
     """
-    size_in = torch.minimum(pred, target).sum(dim=0)  # (2, P): intersection (w, h)
-    size_out = torch.maximum(pred, target).sum(dim=0)  # enclosing box (w, h)
-    size_pred = pred.sum(dim=0)
-    overlap = (size_in > 0).all(dim=0)
-    inter = torch.where(overlap, size_in.prod(dim=0), 0.0)
-    area_pred = size_pred.prod(dim=0)
-    area_target = target.sum(dim=0).prod(dim=0)
-    area_c = size_out.prod(dim=0)
+    near, far = pred[0], pred[1]  # (2, P) each: (l, t), (r, b)
+    target_near, target_far = target[0], target[1]
+    # (2, P) (w, h) of the intersection, enclosing, predicted and target boxes; rows added
+    # and multiplied as binary operations (cheaper than reductions over a dimension of 2)
+    size_in = torch.minimum(near, target_near).add_(torch.minimum(far, target_far))
+    size_out = torch.maximum(near, target_near).add_(torch.maximum(far, target_far))
+    size_pred = near + far
+    size_target = target_near + target_far
+    overlap = (size_in[0] > 0).logical_and_(size_in[1] > 0)
+    inter = (size_in[0] * size_in[1]).mul_(overlap)
+    area_pred = size_pred[0] * size_pred[1]
+    area_target = size_target[0] * size_target[1]
+    area_c = size_out[0] * size_out[1]
     union_eps = (area_pred + area_target).sub_(inter).add_(eps)
-    c_minus_u = (area_c - area_pred).add_(inter - area_target)
+    c_minus_u = (area_c - area_pred).add_(inter.sub(area_target))  # 0 if a box encloses
     # d out / d giou = lambda p; each (P,) below is that times a derivative of the GIoU.
-    g = grad_p * p_loc * loc_lambda
+    g = (grad_p * p_loc).mul_(loc_lambda)
     inv_c = area_c.add_(eps).reciprocal_()
     inv_u = union_eps.reciprocal()
-    inter_u2 = inter.mul_(inv_u).mul_(inv_u)  # I / u^2
-    g_inter = (c_minus_u * inv_u).mul_(inv_c).add_(inter_u2).mul_(overlap).mul_(g)
-    g_pred = (inv_c - inter_u2).mul_(g)
-    g_larger = c_minus_u.mul_(inv_c).mul_(inv_c).sub_(inter_u2).mul_(g)  # dG/dA + dG/dC
-    g_area_c = union_eps.mul_(inv_c).mul_(inv_c).mul_(g)  # -dG/dC
+    g_c = inv_c.mul(g)  # g / c
+    g_iu2 = inter.mul_(inv_u).mul_(inv_u).mul_(g)  # g I / u^2
+    g_pred = g_c - g_iu2  # dG/dA
+    g_inter = c_minus_u.mul(inv_u).mul_(g_c).add_(g_iu2).mul_(overlap)  # dG/dI
+    g_larger = c_minus_u.mul_(inv_c).mul_(g_c).sub_(g_iu2)  # dG/dA + dG/dC
+    g_area_c = union_eps.mul_(inv_c).mul_(g_c)  # -dG/dC
     # A side's gradient through an area is the other side's length: flip (w, h) -> (h, w).
     h_pred, h_in, h_out = size_pred.flip(0), size_in.flip(0), size_out.flip(0)
-    smaller = h_in.mul_(g_inter).add_(h_pred * g_pred)  # (2, P)
-    larger = h_out.sub_(h_pred).mul_(g_area_c).neg_().add_(h_pred.mul_(g_larger))
+    smaller = h_in.mul_(g_inter).addcmul_(h_pred, g_pred)  # (2, P)
+    larger = h_pred.mul(g_larger).sub_(h_out.sub_(h_pred).mul_(g_area_c))
     # (2, 2, P): l = -x1 with x1 = max(-l, -l*) in the intersection, min in the enclosing box
     grad = torch.where(pred < target, smaller, larger)
-    return torch.where(pred == target, (smaller + larger).mul_(0.5), grad)
+    return torch.where(pred == target, smaller.add_(larger).mul_(0.5), grad)
 
 
 class _LocalizationLikelihood(torch.autograd.Function):
