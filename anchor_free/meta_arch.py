@@ -28,7 +28,25 @@ from detectron2.structures import Boxes, ImageList, Instances
 
 from .config import ConfigKey, check_choice
 
+try:  # Detectron2 main
+    from detectron2.layers.wrappers import move_device_like
+
+    #: Whether Detectron2 moves images and builds anchors on a device read when the model runs
+    #: (``move_device_like``, main), rather than on ``self.device`` recorded as a constant when a
+    #: model is traced (v0.6: ``DenseDetector.preprocess_image``, ``Boxes.__init__``).
+    DETECTRON2_MOVES_DEVICE_LIKE = True
+except ImportError:  # Detectron2 v0.6
+    DETECTRON2_MOVES_DEVICE_LIKE = False
+
+    @torch.jit.script_if_tracing
+    def move_device_like(src: Tensor, dst: Tensor) -> Tensor:
+        """Detectron2 main's ``detectron2.layers.wrappers.move_device_like``: ``src`` on
+        ``dst``'s device, read when a traced model runs (scripted inside the trace)."""
+        return src.to(dst.device)
+
 __all__ = [
+    "DETECTRON2_MOVES_DEVICE_LIKE",
+    "PointGenerator",
     "TOPK_CANDIDATES_RULES",
     "AnchorFreeDetector",
     "autocast_disabled",
@@ -127,7 +145,42 @@ def autocast_disabled(method: _Method) -> _Method:
     return wrapper  # type: ignore[return-value]
 
 
-def build_point_generator(strides: List[int], offset: float) -> DefaultAnchorGenerator:
+def _grid_offsets(feature: Tensor, stride: int, offset: float) -> Tuple[Tensor, Tensor]:
+    """
+    Detectron2's ``anchor_generator._create_grid_offsets`` for the (N, C, H, W) ``feature``:
+    the (H x W,) x = (j + offset) * stride and y = (i + offset) * stride of its grid, row-major,
+    counted on a ``feature.new_ones`` plane, so that the grid is created on the feature's device
+    with no device argument (a traced model runs on whatever device it is moved to: v0.6's
+    ``arange(..., device=...)`` and main's ``arange`` on the CPU are device constants when
+    traced). Values equal to Detectron2's (integers and halves times the stride).
+    """
+    plane = feature.new_ones((feature.shape[-2], feature.shape[-1]), dtype=torch.float32)
+    shift_x = (plane.cumsum(1) - 1.0 + offset) * stride
+    shift_y = (plane.cumsum(0) - 1.0 + offset) * stride
+    return shift_x.reshape(-1), shift_y.reshape(-1)
+
+
+class PointGenerator(DefaultAnchorGenerator):
+    """
+    Detectron2's ``DefaultAnchorGenerator`` (same arguments, buffers and outputs) whose grids
+    are created on the features' device also in a traced model (:func:`_grid_offsets`):
+    exported models are not bound to the device they were traced on.
+    """
+
+    def forward(self, features: List[Tensor]) -> List[Boxes]:
+        """``DefaultAnchorGenerator.forward``: per level, Boxes (H x W x A, 4)."""
+        anchors: List[Boxes] = []
+        # buffers() is not supported by TorchScript; named_buffers() is (as Detectron2).
+        buffers: List[Tensor] = [x[1] for x in self.cell_anchors.named_buffers()]
+        for feature, stride, base_anchors in zip(features, self.strides, buffers):
+            shift_x, shift_y = _grid_offsets(feature, stride, self.offset)
+            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+            grid = shifts.view(-1, 1, 4) + base_anchors.view(1, -1, 4)
+            anchors.append(Boxes(grid.reshape(-1, 4)))
+        return anchors
+
+
+def build_point_generator(strides: List[int], offset: float) -> PointGenerator:
     """
     Points as stride-sized square "anchors" (Detectron2's FCOS pattern): the centre of the
     anchor at cell (i, j) of level l is ((j + offset) * s_l, (i + offset) * s_l).
@@ -138,7 +191,7 @@ def build_point_generator(strides: List[int], offset: float) -> DefaultAnchorGen
             "MODEL.PSEUDO_IOU.POINT_OFFSET (Python config: model.point_generator.offset) must be "
             f"in [0, 1), got {offset!r}"
         )
-    return DefaultAnchorGenerator(
+    return PointGenerator(
         sizes=[[s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=offset
     )
 
@@ -379,6 +432,19 @@ class AnchorFreeDetector(DenseDetector):
     @property
     def strides(self) -> List[int]:
         return [int(s) for s in self.point_generator.strides]
+
+    if not DETECTRON2_MOVES_DEVICE_LIKE:
+
+        def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
+            """
+            Detectron2 v0.6's ``DenseDetector.preprocess_image`` (normalise, pad, batch) with the
+            images moved to the model's device by ``move_device_like``, as on Detectron2 main: a
+            traced model then moves its input to the device of its ``pixel_mean`` buffer as it
+            runs, not to the device it was traced on (v0.6's ``x.to(self.device)``).
+            """
+            images = [move_device_like(x["image"], self.pixel_mean) for x in batched_inputs]
+            images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+            return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def transpose_head_outputs(
         self, predictions: Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]]]

@@ -22,12 +22,25 @@ What made the models scriptable (each found by compiling): no ``zip`` over the h
 of ``Instances.cat`` and ``anchor_free.meta_arch.PointBoxTransform`` instead of Detectron2's
 ``Box2BoxTransformLinear`` (same arithmetic; the latter does not compile).
 
+**Device-portable TorchScript**: a traced model holds no device constant, so ``model.ts``
+traced on the CPU runs on a GPU once moved there (``torch.jit.load(path, map_location="cuda")``
+or ``.to("cuda")``), its input moved to the device of its buffers as it runs; a scripted model
+reads devices as it runs anyway. On Detectron2 main, ``DenseDetector.preprocess_image`` and
+``Boxes`` read devices as they run (``move_device_like``); on v0.6, ``AnchorFreeDetector`` moves
+the image with the same ``move_device_like`` and :func:`export_tracing` traces with
+Detectron2 main's ``Boxes.__init__`` (``tensor.to(torch.float32)``; v0.6's
+``torch.as_tensor(tensor, device=tensor.device)`` records the device); on both,
+``anchor_free.meta_arch.PointGenerator`` builds the point grids on its buffers' device.
+:func:`device_constants` lists what a traced graph still binds to a device (checked at every
+export: a warning names them; ``tests/test_export.py`` requires none).
+
 On Detectron2 v0.6, ``detectron2/export/__init__.py`` imports ``api.py``, which imports caffe2
 (which current PyTorch does not ship), so ``import detectron2.export`` fails there.
 ``flatten.py`` (``TracingAdapter``) and ``torchscript.py`` (``scripting_with_instances``) need
 no caffe2: :func:`detectron2_export_api` then loads these two files of the installed
 Detectron2 under a private package name, without running that ``__init__``.
 """
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -51,6 +64,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 __all__ = [
+    "device_constants",
     "EXPORT_FORMATS",
     "EXPORT_METHODS",
     "ONNX_OPSET",
@@ -239,6 +253,110 @@ def _tracing_adapter(model: nn.Module, image: Tensor):
     return adapter
 
 
+def _boxes_init_without_device(self, tensor: Tensor) -> None:
+    """Detectron2 main's ``Boxes.__init__``: converts with ``tensor.to(torch.float32)``."""
+    if not isinstance(tensor, torch.Tensor):
+        tensor = torch.as_tensor(tensor, dtype=torch.float32, device=torch.device("cpu"))
+    else:
+        tensor = tensor.to(torch.float32)
+    if tensor.numel() == 0:
+        tensor = tensor.reshape((-1, 4)).to(dtype=torch.float32)
+    assert tensor.dim() == 2 and tensor.size(-1) == 4, tensor.size()
+    self.tensor = tensor
+
+
+@contextlib.contextmanager
+def _portable_boxes():
+    """While tracing on Detectron2 v0.6: ``Boxes.__init__`` as on main. v0.6's
+    ``torch.as_tensor(tensor, dtype=torch.float32, device=tensor.device)`` is recorded by the
+    tracer as a conversion to the device of the trace, a constant."""
+    from anchor_free.meta_arch import DETECTRON2_MOVES_DEVICE_LIKE
+
+    if DETECTRON2_MOVES_DEVICE_LIKE:
+        yield
+        return
+    original = Boxes.__init__
+    Boxes.__init__ = _boxes_init_without_device
+    try:
+        yield
+    finally:
+        Boxes.__init__ = original
+
+
+#: Operators that create a tensor from nothing (their ``device`` argument says where).
+_FACTORIES = {
+    "aten::arange", "aten::empty", "aten::full", "aten::linspace", "aten::ones", "aten::rand",
+    "aten::randn", "aten::scalar_tensor", "aten::tensor", "aten::zeros",
+}
+
+
+def _holds_data(node, names: List[str], inputs: List) -> bool:
+    """Whether a factory node's tensor has more than a scalar's data: not a 0-dim tensor (of
+    known shape, or ``torch.tensor`` of a Python number: torchvision's ``batched_nms``) nor an
+    empty one (a constant size with a 0: ``Boxes.cat`` of an empty list)."""
+    out = node.output().type()
+    if isinstance(out, torch._C.TensorType) and out.dim() == 0:
+        return False
+    number = ("int", "float", "bool", "number", "Scalar")
+    if node.kind() in ("aten::tensor", "aten::scalar_tensor") and str(inputs[0].type()) in number:
+        return False
+    if "size" in names:
+        size = inputs[names.index("size")].node()
+        if size.kind() == "prim::ListConstruct":
+            dims = [i.node() for i in size.inputs()]
+            if any(d.kind() == "prim::Constant" and d.hasAttribute("value") and d.i("value") == 0 for d in dims):
+                return False
+    return True
+
+
+def device_constants(module: torch.jit.ScriptModule) -> List[str]:
+    """
+    What in a TorchScript module's graph (methods inlined) is bound to a device fixed at export:
+    device constants (``prim::Constant`` of type ``Device``, e.g. ``x.to(self.device)`` traced),
+    tensors of more than one element stored as constants, and tensors created from nothing
+    without a device argument (which would be on the CPU whatever the device the model runs on).
+    0-dim tensors (Python numbers and the traced shape arithmetic) are not listed: PyTorch uses a
+    0-dim CPU tensor with tensors of any device; nor are empty tensors.
+
+    Returns:
+        one line per finding: the node and the source line it was recorded from; empty for a
+        device-portable model.
+    """
+    graph = module.inlined_graph if hasattr(module, "inlined_graph") else module.graph
+    found: List[str] = []
+
+    def where(node) -> str:
+        lines = node.sourceRange().strip().splitlines()  # empty in a loaded module
+        return f" ({lines[0].strip()})" if lines else ""
+
+    for node in graph.findAllNodes("prim::Constant"):
+        out = node.output()
+        if str(out.type()) == "Device":
+            users = sorted({u.user.kind() + where(u.user) for u in out.uses()})
+            found.append(f"device constant {node.s('value')!r} used by {', '.join(users)}")
+        elif isinstance(out.type(), torch._C.TensorType) and node.hasAttribute("value"):
+            value = node.t("value")
+            if value.numel() > 1:
+                found.append(f"tensor constant of shape {tuple(value.shape)}{where(node)}")
+    for kind in sorted(_FACTORIES):
+        for node in graph.findAllNodes(kind):
+            try:
+                names = [a.name for a in torch._C.parse_schema(node.schema()).arguments]
+            except RuntimeError:  # no schema
+                continue
+            if "device" not in names:
+                continue
+            inputs = list(node.inputs())
+            device = inputs[names.index("device")].node()
+            # A device constant is listed above; prim::device is read as the model runs.
+            if device.kind() != "prim::Constant" or device.hasAttribute("value"):
+                continue
+            if not _holds_data(node, names, inputs):
+                continue
+            found.append(f"{kind} without a device (on the CPU){where(node)}")
+    return found
+
+
 def export_tracing(model: nn.Module, image: Tensor, fmt: str, path: str) -> List[str]:
     """
     Trace ``model`` (eval mode) on one image and write it to ``path`` in format ``fmt``.
@@ -253,17 +371,31 @@ def export_tracing(model: nn.Module, image: Tensor, fmt: str, path: str) -> List
     model.eval()
     adapter = _tracing_adapter(model, image)
     names = _output_names(adapter.outputs_schema)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _portable_boxes():
         # TracerWarnings name Python values recorded as constants; those that matter would show
         # as a parity failure at another image size, which the tests check.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if fmt == "torchscript":
             traced = torch.jit.trace(adapter, (image,))
+            _warn_device_constants(traced, path)
             info = {"method": "tracing", "output_names": names}
             torch.jit.save(traced, path, _extra_files={EXPORT_INFO_FILE: json.dumps(info)})
         else:
             _export_onnx(adapter, image, path, names)
     return names
+
+
+def _warn_device_constants(module: torch.jit.ScriptModule, path: str) -> None:
+    """A warning naming what binds an exported TorchScript model to the export's device."""
+    found = device_constants(module)
+    if found:
+        logger.warning(
+            f"{path} is bound to the device it was exported on (MODEL.DEVICE): "
+            + "; ".join(found[:5])
+            + (f" (and {len(found) - 5} more)" if len(found) > 5 else "")
+            + ". Run it on that device, or export on the device it will run on."
+        )
+
 
 
 def _export_onnx(adapter: nn.Module, image: Tensor, path: str, names: List[str]) -> None:

@@ -120,6 +120,8 @@ class _FixedHead(nn.Module):
     def __init__(self, outputs):
         super().__init__()
         self.outputs = outputs
+        # AnchorFreeHead's objectness branch, which AutoAssign checks against OBJECTNESS.
+        self.quality = None if outputs[2] is None else nn.Identity()
 
     def forward(self, features):
         return self.outputs
@@ -194,7 +196,7 @@ def test_inference_fields_scores_boxes_and_class_aware_nms(no_assignment):
 
 
 def test_inference_without_objectness_uses_cls_only(no_assignment):
-    model = _inference_model(with_obj=False)
+    model = _inference_model(with_obj=False, objectness="none")
     with torch.no_grad():
         (out,) = model([{"image": torch.zeros(3, 64, 96)}])
     inst = out["instances"]

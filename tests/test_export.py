@@ -2,11 +2,13 @@
 TorchScript models and the traced ONNX model of both detectors give the eager model's detections
 on images of other sizes than the traced one (TorchScript to 1e-5 px, measured exact; ONNX Runtime
 within 1e-3 px and 1e-5 in score, measured 2.5e-4 and 9.5e-7), on Detectron2 v0.6 and main; the
+TorchScript models hold no device constant (device-portable); the
 routes that cannot work (scripting to ONNX, a model TorchScript cannot compile) fail with the
 reason and the route that works."""
 import importlib.util
 import json
 import os
+import warnings
 from typing import Dict, Tuple
 
 import pytest
@@ -135,6 +137,75 @@ def test_scripted_torchscript_equals_eager_on_other_sizes(detector, tmp_path):
     exported = export.load_exported(path)
     assert exported.method == "scripting"
     _check_parity(model, exported, box_tol=1e-5, score_tol=1e-6)
+
+
+@pytest.mark.parametrize("method", export.EXPORT_METHODS)
+def test_exported_torchscript_holds_no_device_constant(detector, method, tmp_path):
+    """Device-portable TorchScript: nothing in the graph is bound to the export's device (the
+    CPU here), so the model runs on the device it is moved to (Detectron2 v0.6 traced
+    ``preprocess_image``'s ``x.to(self.device)``, ``Boxes``' ``as_tensor(..., device=...)`` and
+    the point grids' ``arange(..., device=...)`` as constants; main the grids' ``arange`` on the
+    CPU)."""
+    name, _, sample = detector
+    model = _model(name)  # a model is scripted once (test_scripted_torchscript_... scripts one)
+    path = export.export_model(model, sample, str(tmp_path), "torchscript", method)
+    assert export.device_constants(torch.jit.load(path)) == []
+
+
+class _FirstLevelPoints(nn.Module):
+    def __init__(self, generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, features):
+        return self.generator(features)[0].tensor
+
+
+def _ones_plus(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.ones(4)
+
+
+def test_device_constants_names_what_binds_a_traced_model(caplog):
+    from anchor_free.meta_arch import build_point_generator
+    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+
+    def bound(x):
+        return x.to(x.device) + torch.arange(4, device=x.device) + torch.ones(4)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(bound, (torch.zeros(4),))
+    found = export.device_constants(traced)
+    assert all(f.startswith("device constant 'cpu' used by aten::") for f in found), found
+    assert all(op in " ".join(found) for op in ("aten::to", "aten::arange", "aten::ones")), found
+    # Scripted, torch.ones(4) has no device (the default, the CPU, wherever the model runs).
+    scripted = torch.jit.script(_ones_plus)
+    (found,) = export.device_constants(scripted)
+    assert found.startswith("aten::ones without a device (on the CPU)"), found
+    with caplog.at_level("WARNING", logger=export.__name__):
+        export._warn_device_constants(traced, "model.ts")
+    assert "model.ts is bound to the device it was exported on" in caplog.text
+    # Detectron2's anchor generator is bound on both routes (v0.6: the grid on self.device,
+    # main: on the CPU, then moved); the detectors' PointGenerator is not.
+    features = [torch.zeros(1, 1, 4, 6)]
+    for generator, bound_grid in (
+        (DefaultAnchorGenerator(sizes=[[8]], aspect_ratios=[1.0], strides=[8], offset=0.5), True),
+        (build_point_generator([8], 0.5), False),
+    ):
+        with warnings.catch_warnings(), export._portable_boxes():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(_FirstLevelPoints(generator), (features,))
+        assert bool(export.device_constants(traced)) == bound_grid, type(generator).__name__
+        assert torch.equal(traced(features), generator(features)[0].tensor)
+    # The same points as Detectron2's generator, on every level and both offsets.
+    features = [torch.zeros(1, 0, h, w) for h, w in ((7, 9), (4, 5), (2, 3), (1, 2), (1, 1))]
+    for offset in (0.0, 0.5):
+        ours = build_point_generator([8, 16, 32, 64, 128], offset)(features)
+        theirs = DefaultAnchorGenerator(
+            sizes=[[s] for s in (8, 16, 32, 64, 128)], aspect_ratios=[1.0],
+            strides=[8, 16, 32, 64, 128], offset=offset,
+        )(features)  # fmt: skip
+        assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(ours, theirs))
 
 
 class _NotScriptable(nn.Module):
