@@ -179,6 +179,7 @@ class Context:
                 raise SystemExit(f"--part-limit {item}: unknown part; choose from {PARTS}")
             self.limits[name] = float(seconds)
         self.ap_margin = args.ap_margin if args.ap_margin is not None else self.sizes.ap_margin
+        self.route = args.route or ("auto" if args.device == "cuda" else "installed")
         self.pythonpath = [ROOT]
         self.d2_source: Optional[str] = None  # extracted main source (Python code)
         self.build: Dict[str, Any] = {"status": "not started"}
@@ -365,14 +366,29 @@ def wait_build(ctx: Context) -> Dict[str, Any]:
     return build
 
 
+def _pip_install(ctx: Context, target: str, wheels: List[str], log: str, timeout: float) -> bool:
+    """``pip install --no-index --no-deps --target`` of bundled wheels; for the GPU machine's
+    CPython 3.12 on the ``installed`` route (not importable here, not used)."""
+    shutil.rmtree(target, ignore_errors=True)
+    cmd = [ctx.python, "-m", "pip", "install", "--disable-pip-version-check", "-q",
+           "--no-index", "--no-deps", "--no-compile", "--target", target]
+    if ctx.route == "installed":
+        cmd += WHEEL_PLATFORM
+    return run_many([(cmd + wheels, log)], timeout, ctx.env([ROOT]))[0] == 0
+
+
 def part_setup(ctx: Context, res: PartResult) -> None:
+    """Install the bundle and choose the Detectron2 route (``--route``): ``auto`` (CUDA's
+    default) Detectron2 main's Python code from the bundled archive, the pb1 wheel if it does
+    not import; ``main`` / ``fallback`` one of them (a bundle made for this interpreter:
+    ``tools/gpu_prepare.py --python-version X.Y``); ``installed`` (CPU's default) the running
+    interpreter's packages, the bundle installed for CPython 3.12 and not used."""
     fig = res.figures
     limit = res.limit_s
     if not os.path.isdir(ctx.bundle):
-        if ctx.device == "cuda":
+        if ctx.route != "installed":
             res.reason = (f"no bundle at {ctx.bundle}: run make gpu-prepare where PyPI is "
                           "reachable and carry the folder")
-            ctx.setup_ok = False
             return
         fig["route"] = "running interpreter's packages"
         res.verdict, res.reason = "skipped", (
@@ -383,17 +399,11 @@ def part_setup(ctx: Context, res: PartResult) -> None:
         wheels = sorted(glob.glob(os.path.join(ctx.bundle, "wheels", "*.whl")))
         main_wheels = [w for w in wheels if "pb1_detectron2" not in os.path.basename(w)]
         site = os.path.join(ctx.work, "site")
-        shutil.rmtree(site, ignore_errors=True)
-        cmd = [ctx.python, "-m", "pip", "install", "--disable-pip-version-check", "-q",
-               "--no-index", "--no-deps", "--no-compile", "--target", site]
-        if ctx.device == "cpu":  # installed for the GPU machine's Python, not used here
-            cmd += WHEEL_PLATFORM
         started = time.time()
         log = ctx.log("setup_install")
         res.logs.append(log)
-        if run_many([(cmd + main_wheels, log)], limit, ctx.env([ROOT]))[0] != 0:
+        if not _pip_install(ctx, site, main_wheels, log, limit):
             res.reason = "pip install of the bundle failed: " + tail(log, 3)
-            ctx.setup_ok = False
             return
         fig["install_s"] = round(time.time() - started, 1)
         fig["wheels"] = [os.path.basename(w) for w in main_wheels]
@@ -404,24 +414,30 @@ def part_setup(ctx: Context, res: PartResult) -> None:
         # what Detectron2's setup.py links for its model_zoo (retinanet config of the bench)
         os.symlink(os.path.join("..", "..", "configs"),
                    os.path.join(ctx.d2_source, "detectron2", "model_zoo", "configs"))
-        if ctx.device == "cuda":
-            log = ctx.log("setup_import_main")
-            res.logs.append(log)
-            main_path = [ROOT, ctx.d2_source, site]
-            if _import_check(ctx, main_path, log, 60):
-                ctx.pythonpath = main_path
-                fig["route"] = f"Detectron2 main {manifest['d2_source']} (Python code)"
-            else:  # the v0.6 fallback wheel
-                fallback = os.path.join(ctx.work, "site_pb1")
-                pb1 = [w for w in wheels if w not in main_wheels]
-                log = ctx.log("setup_install_pb1")
-                res.logs.append(log)
-                run_many([(cmd[:-1] + [fallback] + pb1, log)], 60, ctx.env([ROOT]))
-                ctx.pythonpath = [ROOT, fallback, site]
-                ctx.d2_source = None
-                fig["route"] = "pb1-detectron2 0.6 fallback (main did not import: see log)"
-        else:
+        main_path = [ROOT, ctx.d2_source, site]
+        log = ctx.log("setup_import_main")
+        if ctx.route == "installed":
             fig["route"] = "running interpreter's packages (bundle installed for cp312, unused)"
+        elif ctx.route != "fallback" and _import_check(ctx, main_path, log, 60):
+            res.logs.append(log)
+            ctx.pythonpath = main_path
+            fig["route"] = f"Detectron2 main {manifest['d2_source']} (Python code)"
+        elif ctx.route == "main":
+            res.logs.append(log)
+            res.reason = "Detectron2 main from the archive does not import: " + tail(log, 3)
+            return
+        else:  # the v0.6 fallback wheel
+            if ctx.route == "auto":
+                res.logs.append(log)
+            fallback = os.path.join(ctx.work, "site_pb1")
+            log = ctx.log("setup_install_pb1")
+            res.logs.append(log)
+            _pip_install(ctx, fallback, [w for w in wheels if w not in main_wheels], log, 60)
+            ctx.pythonpath = [ROOT, fallback, site]
+            ctx.d2_source = None
+            fig["route"] = "pb1-detectron2 0.6 fallback" + (
+                " (main did not import: see setup_import_main.log)" if ctx.route == "auto"
+                else "")
         start_build(ctx, manifest)
     # The imports, then the built-in dataset, once, before the concurrent training runs.
     log = ctx.log("setup_import_dataset")
@@ -866,7 +882,7 @@ def write_outputs(ctx: Context, summary: Dict[str, Any], output: str) -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--bundle", default=os.path.join(ROOT, "gpu_bundle"),
@@ -883,6 +899,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="override one part's time limit")
     parser.add_argument("--ap-margin", type=float, default=None,
                         help="largest |AP(AMP) - AP(float32)| of part 1, AP points")
+    parser.add_argument("--route", choices=("auto", "main", "fallback", "installed"), default=None,
+                        help="Detectron2 for the parts: auto (cuda's default: main's Python code "
+                             "from the bundle, else the pb1 wheel), main, fallback, or installed "
+                             "(cpu's default: the running interpreter's); main / fallback on the "
+                             "CPU need a bundle made for this Python (gpu_prepare.py "
+                             "--python-version)")
     parser.add_argument("--python", default=None, help="interpreter of the parts (default: this)")
     args = parser.parse_args(argv)
     args.work = args.work or os.path.abspath(args.output).rstrip("/") + "_work"

@@ -222,7 +222,8 @@ def default_d2_source() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default=os.path.join(ROOT, "gpu_bundle"),
                         help="output folder (replaced; git-ignored)")
     parser.add_argument("--d2-source", default=None,
