@@ -312,12 +312,14 @@ def _class_problem(ann: Dict, num_classes: Optional[int], num_classes_key: str) 
             f"non-crowd annotation): {ann}"
         )
     value = ann["category_id"]
+    # numpy 2 shows np.int64(80): the number only
+    shown = repr(value.item() if isinstance(value, np.generic) else value)
     if np.isnan(_class_value(value)):
-        return f"category_id {value!r} is not an integer"
+        return f"category_id {shown} is not an integer"
     if num_classes is None:
-        return f"category_id {value!r} is negative (class ids run from 0)"
+        return f"category_id {shown} is negative (class ids run from 0)"
     return (
-        f"category_id {value!r} is outside [0, {num_classes}) ({num_classes_key} "
+        f"category_id {shown} is outside [0, {num_classes}) ({num_classes_key} "
         f"{num_classes}): Detectron2's ids are contiguous from 0 (1-based ids, or a dataset "
         f"with more classes than {num_classes_key}, give this)"
     )
