@@ -17,9 +17,8 @@ Export Pseudo-IoU and AutoAssign for deployment through Detectron2's export API,
   ``DenseDetector.forward`` skips when scripting); :func:`load_exported` applies it.
 
 What made the models scriptable (each found by compiling): no ``zip`` over the head's
-``nn.ModuleList`` (``AnchorFreeHead.forward``), no ``torch.finfo``
-(``PseudoIoU.inference_scores``), and in ``AnchorFreeDetector`` ``predictions[0].cat`` instead
-of ``Instances.cat`` and ``anchor_free.meta_arch.PointBoxTransform`` instead of Detectron2's
+``nn.ModuleList`` (``AnchorFreeHead.forward``), and in ``AnchorFreeDetector`` ``per_level[0].cat``
+instead of ``Instances.cat`` and ``anchor_free.meta_arch.PointBoxTransform`` instead of Detectron2's
 ``Box2BoxTransformLinear`` (same arithmetic; the latter does not compile).
 
 **Device-portable TorchScript**: a traced model holds no device constant, so ``model.ts``
