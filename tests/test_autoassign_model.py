@@ -43,6 +43,8 @@ def test_config_defaults_are_the_release():
     assert (cfg.FOCAL_LOSS_ALPHA, cfg.FOCAL_LOSS_GAMMA) == (0.25, 2.0)
     assert (cfg.SCORE_THRESH_TEST, cfg.TOPK_CANDIDATES_TEST, cfg.NMS_THRESH_TEST) == (
         0.05, 1000, 0.6)
+    # The release's inference_single_image: the min(1000, H x W) best pairs, then the threshold.
+    assert (cfg.SCORE_THRESH_ON, cfg.TOPK_CANDIDATES_RULE) == ("cls_obj", "cvpods")
 
 
 @pytest.mark.parametrize(
@@ -98,6 +100,9 @@ def test_every_config_loads_and_builds_the_released_architecture(path):
     assert (model.test_score_thresh, model.test_topk_candidates, model.test_nms_thresh) == (
         0.05, 1000, 0.6)
     assert model.max_detections_per_image == 100
+    # MODEL.AUTOASSIGN.TOPK_CANDIDATES_RULE: the release's, but mmdetection's for its model.
+    mmdet = path.endswith("_mmdet.yaml")
+    assert model.test_topk_candidates_rule == ("mmdet3" if mmdet else "cvpods")
 
 
 # ------------------------------------------------------------------------------------------------
