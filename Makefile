@@ -44,13 +44,16 @@ clean-demo:
 #   make gpu-prepare [D2_SOURCE=ARCHIVE]   here, with PyPI: wheels for CPython 3.12 + Detectron2's
 #                                          source into $(GPU_BUNDLE) (git-ignored), size printed
 #   make gpu-check [GPU_OUT=DIR]           on the GPU machine (its python3): install, six parts
+#                                          (GPU_CHECK_ARGS: more tools/gpu_check.py options)
 #   make gpu-check DEVICE=cpu              the same run at tiny sizes on the CPU (.venv)
 GPU_BUNDLE ?= gpu_bundle
 GPU_OUT ?= output/gpu_check
 DEVICE ?= cuda
+GPU_CHECK_ARGS ?=
 GPU_PY ?= $(if $(filter cpu,$(DEVICE)),$(if $(wildcard $(PY)),$(PY),python3),python3)
 gpu-prepare: setup
 	$(PY) tools/gpu_prepare.py --bundle $(GPU_BUNDLE) $(if $(D2_SOURCE),--d2-source "$(D2_SOURCE)")
 
 gpu-check:
-	$(GPU_PY) tools/gpu_check.py --device $(DEVICE) --bundle $(GPU_BUNDLE) --output $(GPU_OUT)
+	$(GPU_PY) tools/gpu_check.py --device $(DEVICE) --bundle $(GPU_BUNDLE) --output $(GPU_OUT) \
+	  $(GPU_CHECK_ARGS)

@@ -531,7 +531,7 @@ def part_train(ctx: Context, res: PartResult) -> None:
                           + opts + ["OUTPUT_DIR", os.path.join(out, "eval"), "MODEL.WEIGHTS",
                                     os.path.join(out, "model_final.pth")],
                           ctx.log(f"eval_{name}_{precision}")))
-    remaining = res.limit_s - (time.time() - started)
+    remaining = max(0.0, res.limit_s - (time.time() - started))
     eval_codes = run_many(eval_jobs, remaining, ctx.env(), parallel=s.train_parallel)
     eval_logs = [log for _, log in eval_jobs]
     res.logs += eval_logs
