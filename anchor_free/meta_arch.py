@@ -384,7 +384,9 @@ class AnchorFreeDetector(DenseDetector):
                 ``<CONFIG_NODE>.TOPK_CANDIDATES_RULE``).
         """
         check_choice(
-            ConfigKey(f"{self.CONFIG_NODE}.TOPK_CANDIDATES_RULE", "model.test_topk_candidates_rule"),
+            ConfigKey(
+                f"{self.CONFIG_NODE}.TOPK_CANDIDATES_RULE", "model.test_topk_candidates_rule"
+            ),
             test_topk_candidates_rule,
             TOPK_CANDIDATES_RULES,
         )
@@ -585,7 +587,8 @@ class AnchorFreeDetector(DenseDetector):
             top, flat = scores.flatten().topk(_num_topk(scores.shape[0], topk))
             keep = thresholded.flatten()[flat] > self.test_score_thresh
             flat = flat[keep]
-            return top[keep], torch.div(flat, num_classes, rounding_mode="floor"), flat % num_classes
+            locations = torch.div(flat, num_classes, rounding_mode="floor")
+            return top[keep], locations, flat % num_classes
         if rule == "mmdet2":
             locations = scores.max(dim=1)[0].topk(_num_topk(scores.shape[0], topk))[1]
             pairs = (thresholded[locations] > self.test_score_thresh).nonzero()

@@ -303,7 +303,9 @@ def _holds_data(node, names: List[str], inputs: List) -> bool:
         size = inputs[names.index("size")].node()
         if size.kind() == "prim::ListConstruct":
             dims = [i.node() for i in size.inputs()]
-            if any(d.kind() == "prim::Constant" and d.hasAttribute("value") and d.i("value") == 0 for d in dims):
+            zero = [d.kind() == "prim::Constant" and d.hasAttribute("value") and d.i("value") == 0
+                    for d in dims]  # fmt: skip
+            if any(zero):
                 return False
     return True
 

@@ -124,11 +124,11 @@ class AutoAssign(AnchorFreeDetector):
             score_thresh_on: "cls_obj" (release: ``test_score_thresh`` on cls x obj) or "cls"
                 (mmdetection: on the class probability, the score being cls x obj).
             clip_boxes_before_nms: clip the boxes and drop those left empty before NMS
-                (mmdetection); the release clips after NMS only.
+                (mmdetection); the release clips after NMS only. ``head`` must return
+                objectness logits unless ``objectness == "none"``.
             test_topk_candidates_rule: each level's candidates (``TOPK_CANDIDATES_RULE``):
                 "cvpods" (release), "mmdet3" (mmdetection), "detectron2" (FCOS) or "mmdet2";
-                see ``anchor_free.meta_arch.TOPK_CANDIDATES_RULES``. ``head`` must return objectness logits unless
-                ``objectness == "none"``.
+                see ``anchor_free.meta_arch.TOPK_CANDIDATES_RULES``.
             center_prior: the center weighting module (owns mu and sigma).
             confidence: "joint", "cls_only", "loc_only" or "none" (see ``positive_terms``).
             objectness: "implicit", "none" or "explicit".

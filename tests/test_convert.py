@@ -94,7 +94,8 @@ def _identical(det, source):
     """The detections are the source's: every one matched (mmdet 2.11 also outputs the empty
     boxes of points in the padding, which Detectron2 drops after NMS), none of ours extra."""
     if source == "mmdet2-pseudo-iou":
-        return det["matched"] + det["source_empty"] == det["source"] and det["ours"] == det["matched"]
+        complete = det["matched"] + det["source_empty"] == det["source"]
+        return complete and det["ours"] == det["matched"]
     return det["matched"] == det["source"] == det["ours"]
 
 

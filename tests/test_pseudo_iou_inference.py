@@ -258,7 +258,9 @@ def test_autoassign_release_keeps_at_most_a_pair_per_location():
     assert infer(aa, (cls, ltrb, ctr)).pred_classes.tolist() == [0, 1, 2]
 
 
-@pytest.mark.parametrize("rule,classes,scores", [("mmdet3", [0], [0.009]), ("detectron2", [1], [0.03])])
+@pytest.mark.parametrize(
+    "rule,classes,scores", [("mmdet3", [0], [0.009]), ("detectron2", [1], [0.03])]
+)
 def test_mmdetection3_ranks_by_the_class_probability(rule, classes, scores):
     """Rule "mmdet3" (``filter_scores_and_topk``) with the threshold on the class probability
     (``score_thresh_on`` "cls"): the ``test_topk_candidates`` best pairs above it by class
