@@ -101,18 +101,20 @@ def _giou_likelihood_grad(
     GIoU = I / u - (C - U) / c (U = A + A* - I), a side's gradient is
 
     * where the prediction is the smaller side (through the intersection):
-      ``h_in dG/dI + h dG/dA`` with ``dG/dI = (C - U) / (u c) + I / u^2``,
-      ``dG/dA = 1 / c - I / u^2``;
+      ``h_in dG/dI + h dG/dA = h / u - (h - h_in) dG/dI`` with
+      ``dG/dI = (C - U) / (u c) + I / u^2`` and ``dG/dA = 1 / c - I / u^2``
+      (``h / c`` without an intersection);
     * where it is the larger side (through the enclosing box):
       ``h dG/dA + h_out dG/dC = h ((C - U) / c^2 - I / u^2) - (h_out - h) u / c^2``,
 
     h, h_in, h_out being the other dimension of the predicted, intersection and enclosing boxes.
-    The second form is the cancellation-free one: summed term by term (``dG/dC = -u / c^2``
-    plus ``dG/dA``, as autograd does), a prediction enclosing a much smaller object (the
-    release's 4-stride initial boxes around a small object) loses to float32 rounding the
-    ``I / u^2`` left when the ``1 / c`` terms cancel (1e-4 to 1e-2 relative per pair); here
+    These are the cancellation-free forms: summed term by term (``dG/dC = -u / c^2`` plus
+    ``dG/dA``, as autograd does), a prediction enclosing a much smaller object (the release's
+    4-stride initial boxes around a small object) loses to float32 rounding the ``I / u^2`` left
+    when the ``1 / c`` terms cancel (1e-4 to 1e-3 relative per pair); here
     ``C - U = (C - A) + (I - A*)`` is exactly 0 when a box encloses the other, and
-    ``h_out - h`` exactly 0 when the prediction is larger on both sides.
+    ``h_out - h`` / ``h - h_in`` exactly 0 when the prediction is larger / smaller on both
+    sides (``benchmarks/experiments/giou_grad_accuracy.py``).
 
     Args:
         grad_p: (P,) upstream gradient; p_loc: (P,) forward output;
@@ -142,13 +144,15 @@ def _giou_likelihood_grad(
     inv_u = union_eps.reciprocal()
     g_c = inv_c.mul(g)  # g / c
     g_iu2 = inter.mul_(inv_u).mul_(inv_u).mul_(g)  # g I / u^2
-    g_pred = g_c - g_iu2  # dG/dA
     g_inter = c_minus_u.mul(inv_u).mul_(g_c).add_(g_iu2).mul_(overlap)  # dG/dI
     g_larger = c_minus_u.mul_(inv_c).mul_(g_c).sub_(g_iu2)  # dG/dA + dG/dC
     g_area_c = union_eps.mul_(inv_c).mul_(g_c)  # -dG/dC
     # A side's gradient through an area is the other side's length: flip (w, h) -> (h, w).
     h_pred, h_in, h_out = size_pred.flip(0), size_in.flip(0), size_out.flip(0)
-    smaller = h_in.mul_(g_inter).addcmul_(h_pred, g_pred)  # (2, P)
+    # h_in dG/dI + h dG/dA = h / u - (h - h_in) dG/dI (dG/dI + dG/dA = 1 / u with an
+    # intersection; without one dG/dI = 0 and I = 0: h / c)
+    g_u = torch.where(overlap, inv_u.mul(g), g_c)
+    smaller = (h_pred * g_u).sub_(h_pred.sub(h_in).mul_(g_inter))  # (2, P)
     larger = h_pred.mul(g_larger).sub_(h_out.sub_(h_pred).mul_(g_area_c))
     # (2, 2, P): l = -x1 with x1 = max(-l, -l*) in the intersection, min in the enclosing box
     grad = torch.where(pred < target, smaller, larger)
