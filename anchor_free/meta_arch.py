@@ -191,6 +191,7 @@ def build_point_generator(strides: List[int], offset: float) -> PointGenerator:
             "MODEL.PSEUDO_IOU.POINT_OFFSET (Python config: model.point_generator.offset) must be "
             f"in [0, 1), got {offset!r}"
         )
+    strides = [int(s) for s in strides]  # a plain list also from a Python config's ListConfig
     return PointGenerator(
         sizes=[[s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=offset
     )
@@ -390,6 +391,10 @@ class AnchorFreeDetector(DenseDetector):
             test_topk_candidates_rule,
             TOPK_CANDIDATES_RULES,
         )
+        # Plain lists and floats also from a Python config (instantiate passes ListConfigs), so
+        # the model's attributes are the same whichever config built it (and TorchScript types).
+        head_in_features = list(head_in_features)
+        pixel_mean, pixel_std = [float(v) for v in pixel_mean], [float(v) for v in pixel_std]
         _check_levels(
             ConfigKey(f"{self.CONFIG_NODE}.IN_FEATURES", "model.head_in_features"),
             backbone,

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 import detectron2.engine.defaults as d2_defaults
 from detectron2.config import CfgNode, instantiate
 from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.evaluation import (
     COCOEvaluator,
@@ -149,6 +150,16 @@ def _clip_full_model(
     return optimizer
 
 
+def seeded_training_sampler(size: int, seed: int) -> TrainingSampler:
+    """
+    Detectron2's ``TrainingSampler`` seeded with the config's seed (``SEED`` / ``train.seed``;
+    negative: drawn at random), as Detectron2 main's yacs loader seeds it. Both front ends use
+    it on both Detectron2 routes, so a run's image order depends on the seed alone (v0.6's yacs
+    loader and both versions' ``lazyconfig_train_net`` draw it from the global random state).
+    """
+    return TrainingSampler(size, seed=seed if seed >= 0 else None)
+
+
 # Detectron2 main saves the optimizer (and AMP grad scaler) state under "_trainer"; v0.6 did not.
 _D2_SAVES_TRAINER_STATE = "state_dict" in DefaultTrainer.__dict__
 
@@ -235,7 +246,10 @@ class Trainer(DefaultTrainer):
         )
         if cfg.DATALOADER.CHECK_INPUTS:  # once, on the main process; all get its verdict
             check_training_data(dataset, cfg)
-        return build_detection_train_loader(cfg, dataset=dataset)
+        sampler = None
+        if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
+            sampler = seeded_training_sampler(len(dataset), cfg.SEED)
+        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
 
     @classmethod
     def build_evaluator(
@@ -329,6 +343,8 @@ class PythonConfigTrainer(Trainer):
             _check_python_config_data(dataset, settings)
         build = loader._target_ if callable(loader._target_) else locate(loader._target_)
         kwargs = {k: instantiate(loader[k]) for k in loader if k not in ("_target_", "dataset")}
+        if kwargs.get("sampler") is None:
+            kwargs["sampler"] = seeded_training_sampler(len(dataset), cfg.train.seed)
         return build(dataset=dataset, **kwargs)
 
     @classmethod

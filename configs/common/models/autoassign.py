@@ -69,6 +69,7 @@ model.focal_loss_alpha = 0.25
 model.focal_loss_gamma = 2.0
 model.test_score_thresh = 0.05
 model.test_topk_candidates = 1000
+model.test_topk_candidates_rule = "cvpods"  # the release's top-k, then threshold
 model.test_nms_thresh = 0.6
 model.score_thresh_on = "cls_obj"
 model.clip_boxes_before_nms = False

@@ -67,6 +67,7 @@ model.reg_loss_weight = 1.0
 model.centerness_weighted_reg_loss = True
 model.test_score_thresh = 0.05
 model.test_topk_candidates = 1000
+model.test_topk_candidates_rule = "mmdet2"  # the release's nms_pre
 model.test_nms_thresh = 0.5
 model.max_detections_per_image = 100
 model.vis_period = 0
