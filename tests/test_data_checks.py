@@ -455,6 +455,8 @@ def test_thing_classes_longer_than_num_classes_are_rejected(image_file, caplog):
     ):
         check_dataset_dicts(records, num_classes=3, num_classes_key="MODEL.AUTOASSIGN.NUM_CLASSES",
                             dataset_names=names, num_image_files=0)  # fmt: skip
+    with pytest.raises(ValueError, match="'test_checks_four_classes' has 4 thing_classes"):
+        check_dataset_dicts(records, num_classes=3, dataset_names=names[0], num_image_files=0)
     check_dataset_dicts(records, num_classes=4, dataset_names=names, num_image_files=0)
     check_dataset_dicts(records, dataset_names=names, num_image_files=0)  # K unknown
     # fewer classes than the model's: trains (its extra outputs are never positive); a warning

@@ -155,8 +155,9 @@ def check_dataset_dicts(
             ``thing_classes`` (None: ids only checked to be integers).
         num_classes_key: the config key of ``num_classes``, named in the errors (e.g.
             ``MODEL.PSEUDO_IOU.NUM_CLASSES``).
-        dataset_names: the registered datasets ``dataset_dicts`` come from (``DATASETS.TRAIN``),
-            whose ``MetadataCatalog`` ``thing_classes`` are compared with ``num_classes``.
+        dataset_names: the registered datasets ``dataset_dicts`` come from (``DATASETS.TRAIN``;
+            a name or a sequence of names), whose ``MetadataCatalog`` ``thing_classes`` are
+            compared with ``num_classes``.
         num_threads: threads for the image-file pass (they overlap the storage's latency).
 
     Zero-size boxes and boxes partly or wholly outside the image are legal (COCO has them):
@@ -192,6 +193,8 @@ def check_thing_classes(
     """
     if num_classes is None:
         return
+    if isinstance(dataset_names, str):  # one name (a Python config's ``names="coco_2017_train"``)
+        dataset_names = (dataset_names,)
     for name in dataset_names:
         classes = MetadataCatalog.get(name).get("thing_classes", None)
         if classes is None:
