@@ -7,8 +7,11 @@ Detectron2's Visualizer, as a PNG:
         --input a.jpg more_images/ --output out/ \
         --opts MODEL.WEIGHTS output/demo_pseudo_iou/model_final.pth \
         MODEL.DEVICE $(python -m anchor_free_app.device)
+    python demo.py --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.py \
+        --input a.jpg --output out/ --opts \
+        train.init_checkpoint=output/demo_pseudo_iou/model_final.pth train.device=cpu
 
-MODEL.DEVICE is Detectron2's (default cuda, an error where there is no CUDA): the last line
+MODEL.DEVICE (train.device) is Detectron2's (default cuda, an error where there is no CUDA): the last line
 picks cuda when torch sees a GPU, else cpu. Inputs, weights and --output may be local paths or
 URIs of any storage Detectron2's PathManager has a handler for.
 """
@@ -22,13 +25,13 @@ import cv2
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 from anchor_free_app.checkpoint import write_file
-from anchor_free_app.config import setup_cfg
+from anchor_free_app.config import load_config, run_settings
+from anchor_free_app.predictor import Predictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -44,7 +47,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--confidence-threshold", type=float, default=0.3, help="minimum score to draw"
     )
     parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs (yacs) or path.key=value (Python configs)"
     )
     return parser
 
@@ -73,15 +76,19 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
 def main(argv=None) -> List[str]:
     args = get_parser().parse_args(argv)
     logger = setup_logger(name="demo")
-    cfg = setup_cfg(args.config_file, args.opts)
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError(
-            "MODEL.WEIGHTS is empty: pass a trained model, e.g. --opts MODEL.WEIGHTS "
-            "output/demo_pseudo_iou/model_final.pth"
+    cfg = load_config(args.config_file, args.opts)
+    settings = run_settings(cfg)
+    if not settings.weights:
+        example = (
+            "MODEL.WEIGHTS output/demo_pseudo_iou/model_final.pth"
+            if settings.config_system == "yacs"
+            else "train.init_checkpoint=output/demo_pseudo_iou/model_final.pth"
         )
+        raise ValueError(f"No weights in the config: pass a trained model, e.g. --opts {example}")
     images = collect_images(args.input)
-    predictor = DefaultPredictor(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    predictor = Predictor(cfg)
+    test_sets = settings.test_datasets
+    metadata = MetadataCatalog.get(test_sets[0] if test_sets else "__unused")
     PathManager.mkdirs(args.output)
     written = []
     for path in images:

@@ -35,6 +35,7 @@ __all__ = [
     "load_config",
     "run_settings",
     "setup_cfg",
+    "set_device",
     "setup_python_cfg",
 ]
 
@@ -163,6 +164,14 @@ def load_config(
     return setup_cfg(config_file, opts, freeze=freeze, check_device=check_device)
 
 
+def set_device(cfg: AnyConfig, device: str) -> None:
+    """Set the run's device (``MODEL.DEVICE`` / ``train.device``) in place (yacs: unfrozen)."""
+    if isinstance(cfg, CfgNode):
+        cfg.MODEL.DEVICE = device
+    else:
+        cfg.train.device = device
+
+
 def build_model_from_config(cfg: AnyConfig):
     """The model of either config, on its device (``MODEL.DEVICE`` / ``train.device``), with
     random weights (load them with a checkpointer)."""
@@ -196,7 +205,14 @@ class RunSettings:
     check_image_files: int
 
 
-_NUM_CLASSES_NODES = {"PseudoIoU": "PSEUDO_IOU", "AutoAssign": "AUTOASSIGN", "RetinaNet": "RETINANET"}
+# The yacs node of the number of classes, per meta-architecture; another one's classes are not
+# known (the data check then checks the ids' presence and type only).
+_NUM_CLASSES_NODES = {
+    "PseudoIoU": "PSEUDO_IOU",
+    "AutoAssign": "AUTOASSIGN",
+    "RetinaNet": "RETINANET",
+    "GeneralizedRCNN": "ROI_HEADS",
+}
 
 
 def run_settings(cfg: AnyConfig) -> RunSettings:
@@ -208,7 +224,7 @@ def run_settings(cfg: AnyConfig) -> RunSettings:
 
 def _yacs_settings(cfg: CfgNode) -> RunSettings:
     arch = cfg.MODEL.META_ARCHITECTURE
-    node = _NUM_CLASSES_NODES.get(arch, "ROI_HEADS")
+    node = _NUM_CLASSES_NODES.get(arch)
     return RunSettings(
         config_system="yacs",
         meta_architecture=arch,
@@ -223,8 +239,8 @@ def _yacs_settings(cfg: CfgNode) -> RunSettings:
         train_max_size=int(cfg.INPUT.MAX_SIZE_TRAIN),
         test_min_size=int(cfg.INPUT.MIN_SIZE_TEST),
         test_max_size=int(cfg.INPUT.MAX_SIZE_TEST),
-        num_classes=int(cfg.MODEL[node].NUM_CLASSES),
-        num_classes_key=f"MODEL.{node}.NUM_CLASSES",
+        num_classes=int(cfg.MODEL[node].NUM_CLASSES) if node else None,
+        num_classes_key=f"MODEL.{node}.NUM_CLASSES" if node else "NUM_CLASSES",
         check_inputs=bool(cfg.DATALOADER.CHECK_INPUTS),
         check_image_files=int(cfg.DATALOADER.CHECK_IMAGE_FILES),
     )

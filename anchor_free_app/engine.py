@@ -35,8 +35,8 @@ from detectron2.utils.registry import locate
 from anchor_free.backbone import compiled_ops_available
 
 from .checkpoint import SafeDetectionCheckpointer, is_local_path, repair_metrics_file, write_file
-from .config import RunSettings, build_model_from_config, run_settings
-from .data.checks import check_dataset_dicts, check_training_data, run_on_main_process
+from .config import build_model_from_config, run_settings
+from .data.checks import check_training_data
 
 __all__ = ["PythonConfigTrainer", "Trainer", "build_evaluator", "full_model_clipped_optimizer"]
 
@@ -245,7 +245,7 @@ class Trainer(DefaultTrainer):
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
         if cfg.DATALOADER.CHECK_INPUTS:  # once, on the main process; all get its verdict
-            check_training_data(dataset, cfg)
+            check_training_data(dataset, run_settings(cfg))
         sampler = None
         if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
             sampler = seeded_training_sampler(len(dataset), cfg.SEED)
@@ -340,7 +340,7 @@ class PythonConfigTrainer(Trainer):
         dataset = instantiate(loader.dataset)
         settings = run_settings(cfg)
         if settings.check_inputs:  # once, on the main process; all get its verdict
-            _check_python_config_data(dataset, settings)
+            check_training_data(dataset, settings)
         build = loader._target_ if callable(loader._target_) else locate(loader._target_)
         kwargs = {k: instantiate(loader[k]) for k in loader if k not in ("_target_", "dataset")}
         if kwargs.get("sampler") is None:
@@ -359,13 +359,3 @@ class PythonConfigTrainer(Trainer):
         if comm.is_main_process():
             print_csv_format(results)
         return results
-
-
-def _check_python_config_data(dataset, settings: RunSettings) -> None:
-    run_on_main_process(
-        lambda: check_dataset_dicts(
-            dataset,
-            num_image_files=settings.check_image_files,
-            image_format=settings.input_format,
-        )
-    )

@@ -6,7 +6,7 @@ Export Pseudo-IoU and AutoAssign for deployment through Detectron2's export API,
 - **tracing** (``detectron2.export.TracingAdapter`` + ``torch.jit.trace``) to TorchScript, and
   the same traced graph to ONNX (``torch.onnx.export``, TorchScript-based exporter, the image's
   height and width declared dynamic). The exported model takes one image, a float32 (C, H, W)
-  tensor in ``cfg.INPUT.FORMAT`` and 0-255, already resized (``DefaultPredictor``'s
+  tensor in the config's input format and 0-255, already resized (``DefaultPredictor``'s
   ``ResizeShortestEdge``), of any height and width; it returns the flattened ``Instances`` of the
   eager ``model([{"image": image}])[0]["instances"]``: ``pred_boxes`` (R, 4) XYXY pixels,
   ``pred_classes`` (R,) int64, ``scores`` (R,), ``image_size`` (2,) int64 (their order is stored
@@ -56,11 +56,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import detectron2.data.transforms as T
-from detectron2.config import CfgNode
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
+
+from .config import AnyConfig, run_settings
+from .predictor import preprocess_image
 
 __all__ = [
     "device_constants",
@@ -179,31 +180,16 @@ def generated_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return image
 
 
-def preprocess_image(cfg: CfgNode, image: np.ndarray) -> Tensor:
-    """
-    What ``DefaultPredictor`` does before the model: ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST,
-    INPUT.MAX_SIZE_TEST)``, then HWC uint8 -> (C, H, W) float32.
-
-    Args:
-        image: (H, W, C) in ``cfg.INPUT.FORMAT``.
-    """
-    if cfg.INPUT.MIN_SIZE_TEST > 0:
-        aug = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-        )
-        image = aug.get_transform(image).apply_image(image)
-    return torch.as_tensor(np.ascontiguousarray(image.astype("float32").transpose(2, 0, 1)))
-
-
-def sample_input(cfg: CfgNode, image_path: Optional[str] = None) -> Tensor:
-    """The image to trace with: ``image_path`` read in ``cfg.INPUT.FORMAT``, or a
+def sample_input(cfg: AnyConfig, image_path: Optional[str] = None) -> Tensor:
+    """The image to trace with: ``image_path`` read in the config's input format, or a
     :func:`generated_image` of 3:4 shape, preprocessed as at test time. (C, H, W) float32."""
+    settings = run_settings(cfg)
     if image_path is not None:
         if not os.path.isfile(image_path):
             raise FileNotFoundError(f"--sample-image not found: {image_path}")
-        image = read_image(image_path, format=cfg.INPUT.FORMAT)
+        image = read_image(image_path, format=settings.input_format)
     else:
-        side = max(cfg.INPUT.MIN_SIZE_TEST, 32)
+        side = max(settings.test_min_size, 32)
         image = generated_image(side, side * 4 // 3)
     return preprocess_image(cfg, image)
 

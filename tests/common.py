@@ -17,6 +17,41 @@ TINY_DATA = [
 ]  # fmt: skip
 
 
+# The same in a Python config's words (path.key=value), and how each system names a setting.
+TINY_DATA_PYTHON = [
+    "dataloader.demo_shapes.num_train=16", "dataloader.demo_shapes.num_val=4",
+    "dataloader.demo_shapes.image_size=64",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
+    "dataloader.train.mapper.augmentations.0.max_size=64",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=64",
+    "dataloader.test.mapper.augmentations.0.max_size=64",
+    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0", "train.device=cpu",
+]  # fmt: skip
+PYTHON_KEYS = {
+    "SOLVER.MAX_ITER": "train.max_iter", "OUTPUT_DIR": "train.output_dir",
+    "MODEL.WEIGHTS": "train.init_checkpoint", "MODEL.DEVICE": "train.device",
+    "SCORE_THRESH_TEST": "model.test_score_thresh",
+}
+
+
+def opts(config: str, *pairs: str) -> list:
+    """``KEY VALUE`` pairs (yacs names) as the config's system takes them, with the tiny data:
+    yacs ``KEY VALUE ...``, Python ``path.key=value ...`` (``SCORE_THRESH_TEST``: the model's)."""
+    if not config.endswith(".py"):
+        keys = list(pairs[0::2])
+        values = list(pairs[1::2])
+        out = []
+        for key, value in zip(keys, values):
+            if key == "SCORE_THRESH_TEST":
+                for node in ("PSEUDO_IOU", "AUTOASSIGN", "RETINANET"):
+                    out += [f"MODEL.{node}.SCORE_THRESH_TEST", value]
+            else:
+                out += [key, value]
+        return out + TINY_DATA
+    return [f"{PYTHON_KEYS[k]}={v}" for k, v in zip(pairs[0::2], pairs[1::2])] + TINY_DATA_PYTHON
+
+
 def run(args, timeout=600, check=True) -> str:
     """Run ``python ARGS`` in the repository root; return its stdout+stderr."""
     proc = subprocess.run(

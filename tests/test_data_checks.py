@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from common import AA_DEMO, PIOU_DEMO, REPO_ROOT, TINY_DATA
+from common import AA_DEMO, PIOU_DEMO, REPO_ROOT, TINY_DATA, TINY_DATA_PYTHON
 from iopath.common.file_io import PathHandler
 from PIL import Image
 
-from anchor_free_app.config import get_project_cfg, setup_cfg
+from anchor_free_app.config import get_project_cfg, run_settings, setup_cfg, setup_python_cfg
 from anchor_free_app.data import checks
 from anchor_free_app.data.checks import (
     check_dataset_dicts,
@@ -25,7 +25,7 @@ from anchor_free_app.data.checks import (
     image_size_after_exif,
     run_on_main_process,
 )
-from anchor_free_app.engine import Trainer
+from anchor_free_app.engine import PythonConfigTrainer, Trainer
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import BoxMode
@@ -479,18 +479,20 @@ def test_yacs_wrapper_takes_num_classes_of_the_meta_architecture(config, key, tm
     """NUM_CLASSES from the key of MODEL.META_ARCHITECTURE; DATASETS.TRAIN's thing_classes (the
     demo dataset's 4 shapes) compared with it."""
     cfg = setup_cfg(config, TINY_DATA + ["MODEL.DEVICE", "cpu", key, "4"], freeze=False)
-    assert checks.num_classes_of_config(cfg) == (4, key)
+    settings = run_settings(cfg)
+    assert (settings.num_classes, settings.num_classes_key) == (4, key)
     path = str(tmp_path / "img.png")
     cv2.imwrite(path, np.zeros((20, 30, 3), np.uint8))
     with pytest.raises(ValueError, match=rf"image id 7 .*outside \[0, 4\) \({key} 4\)"):
-        checks.check_training_data([_with_class(path, 4)], cfg)
-    checks.check_training_data([_with_class(path, 3)], cfg)
+        checks.check_training_data([_with_class(path, 4)], settings)
+    checks.check_training_data([_with_class(path, 3)], settings)
     cfg.merge_from_list([key, 3])
     with pytest.raises(ValueError, match=f"'demo_shapes_train' has 4 thing_classes but {key} is 3"):
-        checks.check_training_data([_with_class(path, 0)], cfg)
+        checks.check_training_data([_with_class(path, 0)], run_settings(cfg))
     cfg.MODEL.META_ARCHITECTURE = "SomeoneElsesDetector"
-    assert checks.num_classes_of_config(cfg) == (None, None)
-    checks.check_training_data([_with_class(path, 4)], cfg)  # K unknown: not range-checked
+    settings = run_settings(cfg)
+    assert settings.num_classes is None
+    checks.check_training_data([_with_class(path, 4)], settings)  # K unknown: not range-checked
 
 
 def test_coco_dataset_with_more_categories_than_the_model_fails_before_training(tmp_path):
@@ -514,3 +516,14 @@ def test_coco_dataset_with_more_categories_than_the_model_fails_before_training(
     )
     with pytest.raises(ValueError, match="5 thing_classes but MODEL.AUTOASSIGN.NUM_CLASSES is 4"):
         Trainer.build_train_loader(cfg)
+
+
+def test_python_config_training_checks_class_ids_against_model_num_classes():
+    """The Python-config trainer runs the same check, naming the Python attribute."""
+    config = os.path.join(REPO_ROOT, "configs", "PseudoIoU", "pseudo_iou_R_18_FPN_demo.py")
+    cfg = setup_python_cfg(config, TINY_DATA_PYTHON + ["model.num_classes=3"])
+    with pytest.raises(ValueError, match="'demo_shapes_train' has 4 thing_classes but "
+                                         "model.num_classes is 3"):  # fmt: skip
+        PythonConfigTrainer.build_train_loader(cfg)
+    cfg.model.num_classes = 4
+    PythonConfigTrainer.build_train_loader(cfg)  # the demo data passes

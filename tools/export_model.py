@@ -7,6 +7,9 @@ model against the eager one on generated images of other sizes than the traced o
     python tools/export_model.py --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.yaml \
         --format onnx --output export/pseudo_iou \
         MODEL.WEIGHTS output/demo_pseudo_iou/model_final.pth MODEL.DEVICE cpu
+    python tools/export_model.py --config-file configs/PseudoIoU/pseudo_iou_R_18_FPN_demo.py \
+        --format torchscript --output export/pseudo_iou \
+        train.init_checkpoint=output/demo_pseudo_iou/model_final.pth
 
 writes ``export/pseudo_iou/model.onnx`` (or ``model.ts``) and ``parity.json``, prints one line per
 checked image (detections of each model, unmatched ones, largest box and score differences) and
@@ -21,11 +24,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from anchor_free_app.checkpoint import SafeDetectionCheckpointer
-from anchor_free_app.config import setup_cfg
+from anchor_free_app.config import build_model_from_config, load_config, run_settings, set_device
 from anchor_free_app.export import (
     EXPORT_FORMATS,
     EXPORT_METHODS,
@@ -97,7 +99,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="detections scoring at or below it need no counterpart (ONNX Runtime's Sigmoid)",
     )
     parser.add_argument(
-        "opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
+        "opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs (yacs) or path.key=value (Python configs)"
     )
     return parser
 
@@ -140,19 +142,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logger(name="anchor_free_app")
     # Exported and checked on the CPU, whatever MODEL.DEVICE the model was trained on: the
     # traced graph holds no device, and ONNX Runtime runs here on its CPU provider.
-    cfg = setup_cfg(args.config_file, args.opts, freeze=False, check_device=False)
-    if cfg.MODEL.DEVICE != "cpu":
-        logger.info(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}: exporting on the CPU")
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts, freeze=False, check_device=False)
+    settings = run_settings(cfg)
+    if settings.device != "cpu":
+        logger.info(f"{settings.device_key} is {settings.device!r}: exporting on the CPU")
+    set_device(cfg, "cpu")
     api = detectron2_export_api()
     logger.info(f"Detectron2's export API from {api.source}")
 
-    model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        SafeDetectionCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS)
+    model = build_model_from_config(cfg)
+    if settings.weights:
+        SafeDetectionCheckpointer(model, strict=True).load(settings.weights)
     else:
-        logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights")
+        logger.warning("No weights in the config: exporting randomly initialised weights")
     model.eval()
 
     image = sample_input(cfg, args.sample_image)  # traced; its size sets the default checks

@@ -42,7 +42,6 @@ __all__ = [
     "check_records",
     "check_training_data",
     "image_size_after_exif",
-    "num_classes_of_config",
     "run_on_main_process",
 ]
 
@@ -86,45 +85,21 @@ def run_on_main_process(check: Callable[[], None]) -> None:
         raise ValueError(f"The training data check failed on the main process: {error}")
 
 
-# The config key of the number of classes, per meta-architecture (yacs); another one's classes
-# are not known here and their range is not checked (their presence and type still are).
-NUM_CLASSES_KEYS = {
-    "PseudoIoU": "MODEL.PSEUDO_IOU.NUM_CLASSES",
-    "AutoAssign": "MODEL.AUTOASSIGN.NUM_CLASSES",
-    "RetinaNet": "MODEL.RETINANET.NUM_CLASSES",
-    "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES",
-}
-
-
-def num_classes_of_config(cfg) -> Tuple[Optional[int], Optional[str]]:
+def check_training_data(dataset_dicts: List[Dict], settings) -> None:
     """
-    (NUM_CLASSES, its key) of the model ``cfg.MODEL.META_ARCHITECTURE`` builds
-    (:data:`NUM_CLASSES_KEYS`), or (None, None) for a meta-architecture without a known key.
+    The checks ``DATALOADER.CHECK_INPUTS`` / ``dataloader.check_inputs`` turn on, with the
+    run's settings (an ``anchor_free_app.config.RunSettings`` of a yacs or a Python config:
+    ``check_image_files``, ``input_format``, the model's ``num_classes`` and its key,
+    ``train_datasets``), run once on the main process.
     """
-    key = NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE)
-    if key is None:
-        return None, None
-    node = cfg
-    for part in key.split("."):
-        node = node.get(part) if node is not None else None
-    return (None, None) if node is None else (int(node), key)
-
-
-def check_training_data(dataset_dicts: List[Dict], cfg) -> None:
-    """
-    The checks ``DATALOADER.CHECK_INPUTS`` turns on, with the yacs config's settings
-    (``DATALOADER.CHECK_IMAGE_FILES``, ``INPUT.FORMAT``, the model's ``NUM_CLASSES``,
-    ``DATASETS.TRAIN``), run once on the main process.
-    """
-    num_classes, key = num_classes_of_config(cfg)
     run_on_main_process(
         lambda: check_dataset_dicts(
             dataset_dicts,
-            image_format=cfg.INPUT.FORMAT,
-            num_image_files=cfg.DATALOADER.CHECK_IMAGE_FILES,
-            num_classes=num_classes,
-            num_classes_key=key or "num_classes",
-            dataset_names=cfg.DATASETS.TRAIN,
+            image_format=settings.input_format,
+            num_image_files=settings.check_image_files,
+            num_classes=settings.num_classes,
+            num_classes_key=settings.num_classes_key,
+            dataset_names=settings.train_datasets,
         )
     )
 
