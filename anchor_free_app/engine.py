@@ -350,8 +350,8 @@ class PythonConfigTrainer(Trainer):
     @classmethod
     def test(cls, cfg: DictConfig, model: torch.nn.Module, evaluators=None) -> Dict:
         """``dataloader.test`` evaluated by ``dataloader.evaluator`` (``lazyconfig_train_net``'s
-        ``do_test``); {} without an evaluator."""
-        if "evaluator" not in cfg.dataloader:
+        ``do_test``); {} without an evaluator (``dataloader.evaluator=None``)."""
+        if cfg.dataloader.get("evaluator") is None:
             return {}
         results = inference_on_dataset(
             model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)

@@ -31,8 +31,10 @@ TINY_DATA_PYTHON = [
 PYTHON_KEYS = {
     "SOLVER.MAX_ITER": "train.max_iter", "OUTPUT_DIR": "train.output_dir",
     "MODEL.WEIGHTS": "train.init_checkpoint", "MODEL.DEVICE": "train.device",
-    "SCORE_THRESH_TEST": "model.test_score_thresh",
+    "SCORE_THRESH_TEST": "model.test_score_thresh", "SOLVER.CHECKPOINT_PERIOD":
+    "train.checkpointer.period", "DATASETS.TEST": "dataloader.evaluator",
 }
+PIOU_DEMO_PYTHON = os.path.join(REPO_ROOT, "configs", "PseudoIoU", "pseudo_iou_R_18_FPN_demo.py")
 
 
 def opts(config: str, *pairs: str) -> list:
@@ -49,7 +51,10 @@ def opts(config: str, *pairs: str) -> list:
             else:
                 out += [key, value]
         return out + TINY_DATA
-    return [f"{PYTHON_KEYS[k]}={v}" for k, v in zip(pairs[0::2], pairs[1::2])] + TINY_DATA_PYTHON
+    python_values = {"()": "null"}  # DATASETS.TEST (): no evaluation
+    return [
+        f"{PYTHON_KEYS[k]}={python_values.get(v, v)}" for k, v in zip(pairs[0::2], pairs[1::2])
+    ] + TINY_DATA_PYTHON
 
 
 def run(args, timeout=600, check=True) -> str:

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
-from common import PIOU_DEMO, REPO_ROOT, TINY_DATA
+from common import PIOU_DEMO, PIOU_DEMO_PYTHON, REPO_ROOT, TINY_DATA
 
 import anchor_free_app.launch as launch_module
-from anchor_free_app.config import setup_cfg
+from anchor_free_app.config import setup_cfg, setup_python_cfg
 from anchor_free_app.device import DeviceError, available_device, check_device, check_launch
 
 NO_CUDA = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
@@ -41,6 +41,26 @@ def test_cuda_without_cuda_names_the_key_what_was_found_and_the_fix(gpus):
     assert "pass MODEL.DEVICE cpu" in message
     with pytest.raises(DeviceError, match="'cuda:0' but CUDA is not available"):
         check_device("cuda:0")
+
+
+def test_python_config_asking_for_cuda_without_cuda_names_train_device(gpus):
+    gpus(0)
+    with pytest.raises(DeviceError) as e:  # Detectron2's common/train.py: device="cuda"
+        setup_python_cfg(PIOU_DEMO_PYTHON)
+    message = str(e.value)
+    assert "train.device is 'cuda' but CUDA is not available" in message
+    assert "pass train.device=cpu (train_net.py: trailing 'train.device=cpu'" in message
+
+
+def test_python_config_cuda_training_stops_before_any_worker_starts(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", PIOU_DEMO_PYTHON, "--num-gpus", "2",
+         f"train.output_dir={tmp_path}"],
+        cwd=REPO_ROOT, env=NO_CUDA, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "DeviceError: train.device is 'cuda' but CUDA is not available" in proc.stdout
+    assert not os.listdir(tmp_path)  # no worker started, nothing written
 
 
 def test_cpu_is_kept_and_cuda_index_is_checked(gpus):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from common import AA_DEMO, PIOU_DEMO, REPO_ROOT, TINY_DATA, run
+from common import AA_DEMO, PIOU_DEMO, PIOU_DEMO_PYTHON, REPO_ROOT, TINY_DATA, opts, run
 
 from anchor_free_app.checkpoint import (
     CheckpointMismatchError,
@@ -169,11 +169,12 @@ def test_repair_metrics_file(tmp_path):
 
 
 # ---------------------------------------------------------------- processes
-def test_kill_then_resume_continues_from_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("config", [PIOU_DEMO, PIOU_DEMO_PYTHON], ids=os.path.basename)
+def test_kill_then_resume_continues_from_last_checkpoint(config, tmp_path):
     out_dir = tmp_path / "run"
-    args = ["train_net.py", "--config-file", PIOU_DEMO, "SOLVER.MAX_ITER", "40",
-            "SOLVER.CHECKPOINT_PERIOD", "5", "OUTPUT_DIR", str(out_dir),
-            "DATASETS.TEST", "()"] + TINY_DATA  # fmt: skip
+    args = ["train_net.py", "--config-file", config] + opts(
+        config, "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "5", "OUTPUT_DIR",
+        str(out_dir), "DATASETS.TEST", "()")  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable] + args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True,
@@ -202,11 +203,11 @@ def test_kill_then_resume_continues_from_last_checkpoint(tmp_path):
     assert iterations == sorted(set(iterations)) and iterations[-1] == 39
 
 
-def test_two_cpu_worker_processes(tmp_path):
-    log = run(
-        ["train_net.py", "--config-file", PIOU_DEMO, "--num-gpus", "2", "SOLVER.MAX_ITER", "2",
-         "OUTPUT_DIR", str(tmp_path)] + TINY_DATA  # fmt: skip
-    )
-    assert "MODEL.DEVICE cpu: 2 CPU worker processes per machine (gloo backend)" in log
+@pytest.mark.parametrize("config", [PIOU_DEMO, PIOU_DEMO_PYTHON], ids=os.path.basename)
+def test_two_cpu_worker_processes(config, tmp_path):
+    log = run(["train_net.py", "--config-file", config, "--num-gpus", "2"]
+              + opts(config, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path)))  # fmt: skip
+    device = "MODEL.DEVICE cpu" if config == PIOU_DEMO else "train.device=cpu"
+    assert f"{device}: 2 CPU worker processes per machine (gloo backend)" in log
     assert "copypaste: AP" in log
     assert (tmp_path / "model_final.pth").exists()

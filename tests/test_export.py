@@ -297,3 +297,22 @@ def test_command_errors(tmp_path):
     with pytest.raises(SystemExit):
         _run_command(base + ["--check-sizes", "96by128"])
     assert export_model_cli().parse_sizes("96x128,75x130") == [(96, 128), (75, 130)]
+
+
+def test_command_takes_a_python_config_and_a_checkpoint_of_the_yacs_twin(tmp_path):
+    """The same export from the Python twin of the demo config, with weights saved from the
+    yacs-built model (strictly loaded: the two systems' models have the same parameters)."""
+    weights = tmp_path / "model.pth"
+    torch.save({"model": _model("PseudoIoU").state_dict()}, weights)
+    out = tmp_path / "out"
+    config = os.path.join(REPO_ROOT, "configs", "PseudoIoU", "pseudo_iou_R_18_FPN_demo.py")
+    argv = ["--config-file", config, "--format", "torchscript", "--output", str(out),
+            "--check-sizes", "96x128", "train.device=cpu", "model.head.num_convs=1",
+            "model.test_score_thresh=0.0",
+            f"dataloader.test.mapper.augmentations.0.short_edge_length={TRACE_SIZE[0]}",
+            "dataloader.test.mapper.augmentations.0.max_size=256",
+            f"train.init_checkpoint={weights}"]  # fmt: skip
+    assert _run_command(argv) == 0
+    summary = json.loads((out / "parity.json").read_text())
+    assert summary["traced_size"] == list(TRACE_SIZE)
+    assert all(r["num_reference"] > 0 and r["unmatched_reference"] == 0 for r in summary["images"])
