@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from common import REPO_ROOT
+from common import REPO_ROOT, TINY_DATA_PYTHON
 from omegaconf import ListConfig
 
 from anchor_free.backbone import compiled_ops_available
@@ -240,17 +240,9 @@ TINY_YACS = [
     "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_ITER", "3",
     "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", "1",
 ]  # fmt: skip
-TINY_PYTHON = [
-    "dataloader.demo_shapes.num_train=16", "dataloader.demo_shapes.num_val=4",
-    "dataloader.demo_shapes.image_size=64",
-    "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
-    "dataloader.train.mapper.augmentations.0.max_size=64",
-    "dataloader.test.mapper.augmentations.0.short_edge_length=64",
-    "dataloader.test.mapper.augmentations.0.max_size=64",
-    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
-    "dataloader.test.num_workers=0", "train.max_iter=3",
-    "lr_multiplier.scheduler.milestones=[2,3]", "lr_multiplier.scheduler.values=[1.0,0.1]",
-    "lr_multiplier.warmup_length=0.3333333333333333",
+TINY_PYTHON = [o for o in TINY_DATA_PYTHON if not o.startswith("train.device")] + [
+    "train.max_iter=3", "lr_multiplier.scheduler.milestones=[2,3]",
+    "lr_multiplier.scheduler.values=[1.0,0.1]", "lr_multiplier.warmup_length=0.3333333333333333",
 ]  # fmt: skip
 
 

@@ -4,22 +4,13 @@
 # python train_net.py --config-file configs/demo/retinanet_R_18_FPN_demo.py train.device=cpu
 from detectron2.model_zoo import get_config
 
+from ..common.demo_shapes import use_r18_from_scratch
 from ..PseudoIoU.pseudo_iou_R_18_FPN_demo import dataloader, lr_multiplier, optimizer, train
 
 model = get_config("common/models/retinanet.py").model
-# R-18, trainable BN, nothing frozen, 64-channel FPN, P6 from C5 (512 channels), 2 head convs.
-model.backbone.bottom_up.stages.depth = 18
-del model.backbone.bottom_up.stages.stride_in_1x1  # a bottleneck setting: R-18 has none
-model.backbone.bottom_up.stages.norm = "BN"
-model.backbone.bottom_up.stem.norm = "BN"
-model.backbone.bottom_up.freeze_at = 0
-model.backbone.out_channels = 64
-model.backbone.top_block.in_channels = 512
+use_r18_from_scratch(model, p6_in_channels=512)  # P6 from C5 (res5 of R-18: 512 channels)
 model.head.input_shape = [{"channels": 64}] * 5
 model.head.conv_dims = [64, 64]
-model.num_classes = 4
-model.pixel_mean = [103.530, 116.280, 123.675]
-model.pixel_std = [57.375, 57.120, 58.395]  # from scratch: unit-variance inputs
 # Anchor sizes halved (128 px images).
 model.anchor_generator.sizes = [
     [16, 20.16, 25.4], [32, 40.32, 50.8], [64, 80.63, 101.59], [128, 161.27, 203.19],
