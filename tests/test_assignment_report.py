@@ -408,3 +408,22 @@ def test_cli_errors_name_the_argument(args, message, capsys):
         _cli_main()(["--config-file", PIOU_DEMO] + args + DEMO)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name", ["PseudoIoU/pseudo_iou_R_18_FPN_demo", "AutoAssign/autoassign_R_18_FPN_demo"]
+)
+def test_python_config_gives_the_report_of_its_yacs_twin(name, tmp_path):
+    python_demo = [
+        "dataloader.demo_shapes.num_train=16", "dataloader.demo_shapes.num_val=4",
+        "dataloader.demo_shapes.image_size=64",
+        "dataloader.train.mapper.augmentations.0.short_edge_length=[48,80]",
+        "dataloader.train.mapper.augmentations.0.max_size=120", "train.device=cpu",
+    ]  # fmt: skip
+    summaries = []
+    for ext, opts in (("yaml", DEMO), ("py", python_demo)):
+        out = tmp_path / ext
+        config = os.path.join(REPO_ROOT, "configs", f"{name}.{ext}")
+        assert _cli_main()(["--config-file", config, "--output", str(out)] + opts) in (0, None)
+        summaries.append((out / "summary.csv").read_text())
+    assert summaries[0] == summaries[1] and len(summaries[0].splitlines()) > 10

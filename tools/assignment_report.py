@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="yacs config")
+    parser.add_argument(
+        "--config-file", required=True, metavar="FILE", help="yacs (.yaml) or Python (.py) config"
+    )
     parser.add_argument(
         "--dataset", action="append", default=[], metavar="NAME",
         help="registered Detectron2 dataset (repeatable; default: the config's DATASETS.TRAIN)",
@@ -93,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-        help="config overrides, e.g. MODEL.PSEUDO_IOU.SIZES_OF_INTEREST [32,64,128,256]",
+        help="config overrides: KEY VALUE pairs (yacs) or path.key=value (Python configs)",
     )  # fmt: skip
     return parser
 

@@ -76,45 +76,64 @@ class ReportSettings:
 
 def read_settings(config_file: str, opts: Sequence[str] = ()) -> ReportSettings:
     """
-    Read a config (yacs ``.yaml``, with ``KEY VALUE`` overrides) and build its model on the CPU.
+    Read a config, yacs (``.yaml``, ``KEY VALUE`` overrides) or Python (``.py``,
+    ``path.key=value``), and build its model on the CPU.
 
     Deformable convolutions are switched off for the build (the backbone's convolutions do not
     change the points or the assignment, and the v0.6 fallback has no compiled ops); nothing
     else differs from training's model.
     """
-    from anchor_free_app.config import setup_cfg
-    from detectron2.modeling import build_model
+    from anchor_free_app.config import (
+        build_model_from_config,
+        load_config,
+        run_settings,
+        set_device,
+    )
 
-    cfg = setup_cfg(config_file, opts, freeze=False, check_device=False)
-    arch = cfg.MODEL.META_ARCHITECTURE
+    cfg = load_config(config_file, opts, freeze=False, check_device=False)
+    run = run_settings(cfg)
+    arch = run.meta_architecture
     if arch not in META_ARCHITECTURES:
+        key = "MODEL.META_ARCHITECTURE" if run.config_system == "yacs" else "model._target_"
         raise ValueError(
-            f"{config_file}: MODEL.META_ARCHITECTURE is {arch!r}; the assignment report covers "
+            f"{config_file}: {key} is {arch!r}; the assignment report covers "
             f"{list(META_ARCHITECTURES)}"
         )
-    head = cfg.MODEL.PSEUDO_IOU if arch == "PseudoIoU" else cfg.MODEL.AUTOASSIGN
-    build_cfg = cfg.clone()
-    build_cfg.MODEL.DEVICE = "cpu"
-    build_cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False] * 4
-    model = build_model(build_cfg).eval()
-    notes = []
-    if cfg.INPUT.CROP.ENABLED:
-        notes.append(
-            f"INPUT.CROP.ENABLED: training crops the images at random ({cfg.INPUT.CROP.TYPE}); "
-            "the report assigns on the whole resized images"
-        )
+    set_device(cfg, "cpu")
+    if run.config_system == "yacs":
+        cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False] * 4
+        sampling = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        filter_empty = bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        crops = [cfg.INPUT.CROP.TYPE] if cfg.INPUT.CROP.ENABLED else []
+    else:
+        stages = cfg.model.backbone.get("bottom_up", {}).get("stages", {})
+        if "deform_on_per_stage" in stages:
+            stages.deform_on_per_stage = [False] * 4
+        resize = cfg.dataloader.train.mapper.augmentations[0]
+        sampling = resize.get("sample_style", "range")
+        filter_empty = bool(cfg.dataloader.train.dataset.get("filter_empty", True))
+        crops = [
+            str(aug._target_) for aug in cfg.dataloader.train.mapper.augmentations
+            if "Crop" in str(aug.get("_target_", ""))
+        ]  # fmt: skip
+    model = build_model_from_config(cfg).eval()
+    notes = [
+        f"training crops the images at random ({crop}); the report assigns on the whole "
+        "resized images"
+        for crop in crops
+    ]
     return ReportSettings(
         config_file=config_file,
         meta_architecture=arch,
         model=model,
-        min_sizes=tuple(int(s) for s in cfg.INPUT.MIN_SIZE_TRAIN),
-        max_size=int(cfg.INPUT.MAX_SIZE_TRAIN),
-        sampling=cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
-        dataset_names=tuple(cfg.DATASETS.TRAIN),
-        filter_empty=bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
-        num_classes=int(head.NUM_CLASSES),
-        weights=cfg.MODEL.WEIGHTS,
-        output_dir=cfg.OUTPUT_DIR,
+        min_sizes=run.train_min_sizes,
+        max_size=run.train_max_size,
+        sampling=sampling,
+        dataset_names=run.train_datasets,
+        filter_empty=filter_empty,
+        num_classes=int(run.num_classes),
+        weights=run.weights,
+        output_dir=run.output_dir,
         notes=tuple(notes),
     )
 
