@@ -11,7 +11,8 @@ Detectron2's Visualizer, as a PNG:
         --input a.jpg --output out/ --opts \
         train.init_checkpoint=output/demo_pseudo_iou/model_final.pth train.device=cpu
 
-MODEL.DEVICE (train.device) is Detectron2's (default cuda, an error where there is no CUDA): the last line
+MODEL.DEVICE (train.device) is Detectron2's (default cuda, an error where there is no CUDA): the
+last line
 picks cuda when torch sees a GPU, else cpu. Inputs, weights and --output may be local paths or
 URIs of any storage Detectron2's PathManager has a handler for.
 """
@@ -47,7 +48,8 @@ def get_parser() -> argparse.ArgumentParser:
         "--confidence-threshold", type=float, default=0.3, help="minimum score to draw"
     )
     parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs (yacs) or path.key=value (Python configs)"
+        "--opts", default=[], nargs=argparse.REMAINDER,
+        help="config overrides: KEY VALUE pairs (yacs) or path.key=value (Python configs)",
     )
     return parser
 

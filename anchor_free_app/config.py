@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_app_config(cfg: CN) -> None:
-    """Add the application's keys (not read by any model) to ``cfg`` in place. Safe to call twice."""
+    """Add the application's keys (read by no model) to ``cfg`` in place. Safe to call twice."""
     if "CHECK_INPUTS" not in cfg.DATALOADER:
         # Check the training data once, on the main process, before the first iteration
         # (anchor_free_app/data/checks.py): every record has a file_name and every non-crowd

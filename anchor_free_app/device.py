@@ -83,7 +83,8 @@ def check_launch(device: str, num_gpus_per_machine: int, key: str = YACS_DEVICE_
         if num_gpus_per_machine > count:
             raise DeviceError(
                 f"--num-gpus {num_gpus_per_machine} but this machine has {count} CUDA devices "
-                f"({_cuda_found()}). Pass --num-gpus {count} or fewer, or {_setting(key, 'cpu')} for "
+                f"({_cuda_found()}). Pass --num-gpus {count} or fewer, or "
+                f"{_setting(key, 'cpu')} for "
                 f"{num_gpus_per_machine} CPU worker processes."
             )
         return f"{_setting(key, device)}: {num_gpus_per_machine} GPU worker(s) per machine"

@@ -1,5 +1,5 @@
-"""The trainers of ``train_net.py`` (also used by the tests and tools): :class:`Trainer`, Detectron2's
-``DefaultTrainer`` for yacs configs with evaluator dispatch, DDP on CPU workers, atomic checkpoints,
+"""The trainers of ``train_net.py`` (also used by the tests and tools): :class:`Trainer`,
+Detectron2's ``DefaultTrainer`` for yacs configs with evaluator dispatch, DDP on CPU workers, atomic checkpoints,
 exact resume and input checks; :class:`PythonConfigTrainer`, the same trainer for Python
 (LazyConfig) configs, built as Detectron2's ``tools/lazyconfig_train_net.py`` builds its run."""
 import contextlib
@@ -15,7 +15,11 @@ from omegaconf import DictConfig
 
 import detectron2.engine.defaults as d2_defaults
 from detectron2.config import CfgNode, instantiate
-from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.evaluation import (
@@ -232,7 +236,8 @@ class Trainer(DefaultTrainer):
         cfg = cfg.clone()
         cfg.defrost()
         cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False
-        return _clip_full_model(super().build_optimizer(cfg, model), clip.CLIP_VALUE, clip.NORM_TYPE)
+        optimizer = super().build_optimizer(cfg, model)
+        return _clip_full_model(optimizer, clip.CLIP_VALUE, clip.NORM_TYPE)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
@@ -316,7 +321,9 @@ class PythonConfigTrainer(Trainer):
         return [
             hooks.IterationTimer(),
             hooks.LRScheduler(),
-            hooks.PeriodicCheckpointer(self.checkpointer, **train.checkpointer) if is_main else None,
+            hooks.PeriodicCheckpointer(self.checkpointer, **train.checkpointer)
+            if is_main
+            else None,
             hooks.EvalHook(train.eval_period, test_and_save_results),
             hooks.PeriodicWriter(self.build_writers(), period=train.log_period)
             if is_main

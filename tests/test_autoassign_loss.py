@@ -338,7 +338,8 @@ def test_center_prior_modes():
     per_class = CenterPrior(5, mode="per_class", freeze_sigma=True)
     assert per_class.mu.shape == (5, 2) and per_class.mu.requires_grad
     assert not per_class.sigma.requires_grad
-    with pytest.raises(ValueError, match=r"SIGMA_INIT \(Python config: model.center_prior.sigma_init\) must be > 0, got 0.0"):
+    message = r"SIGMA_INIT \(Python config: model.center_prior.sigma_init\) must be > 0, got 0.0"
+    with pytest.raises(ValueError, match=message):
         CenterPrior(3, sigma_init=0.0)
     with pytest.raises(ValueError, match="'gauss'"):
         CenterPrior(3, mode="gauss")

@@ -19,7 +19,8 @@ AA_DEMO = "AutoAssign/autoassign_R_18_FPN_demo.py"
 ALTERNATIVES = {
     "MODEL.PSEUDO_IOU.NUM_CLASSES": (5, ["model.num_classes=5"]),
     "MODEL.PSEUDO_IOU.IN_FEATURES": (["p3", "p4", "p5"], [
-        "model.head_in_features=[p3,p4,p5]", "model.head.input_shape=[{channels:64},{channels:64},{channels:64}]",
+        "model.head_in_features=[p3,p4,p5]",
+        "model.head.input_shape=[{channels:64},{channels:64},{channels:64}]",
         "model.point_generator.strides=[8,16,32]",
         "model.assigner.size_ranges.sizes_of_interest=[32,64]"]),
     "MODEL.PSEUDO_IOU.NUM_CONVS": (1, ["model.head.num_convs=1"]),
@@ -50,7 +51,8 @@ ALTERNATIVES = {
     "MODEL.PSEUDO_IOU.NMS_THRESH_TEST": (0.6, ["model.test_nms_thresh=0.6"]),
     "MODEL.AUTOASSIGN.NUM_CLASSES": (5, ["model.num_classes=5"]),
     "MODEL.AUTOASSIGN.IN_FEATURES": (["p3", "p4", "p5"], [
-        "model.head_in_features=[p3,p4,p5]", "model.head.input_shape=[{channels:64},{channels:64},{channels:64}]",
+        "model.head_in_features=[p3,p4,p5]",
+        "model.head.input_shape=[{channels:64},{channels:64},{channels:64}]",
         "model.point_generator.strides=[8,16,32]"]),
     "MODEL.AUTOASSIGN.NUM_CONVS": (1, ["model.head.num_convs=1"]),
     "MODEL.AUTOASSIGN.NORM": ("", ["model.head.norm=''"]),
@@ -62,7 +64,8 @@ ALTERNATIVES = {
     "MODEL.AUTOASSIGN.FREEZE_MU": (True, ["model.center_prior.freeze_mu=True"]),
     "MODEL.AUTOASSIGN.FREEZE_SIGMA": (True, ["model.center_prior.freeze_sigma=True"]),
     "MODEL.AUTOASSIGN.CONFIDENCE": ("cls_only", ["model.confidence=cls_only"]),
-    "MODEL.AUTOASSIGN.OBJECTNESS": ("none", ["model.objectness=none", "model.head.use_quality=False"]),
+    "MODEL.AUTOASSIGN.OBJECTNESS": (
+        "none", ["model.objectness=none", "model.head.use_quality=False"]),
     "MODEL.AUTOASSIGN.TAU": (0.5, ["model.tau=0.5"]),
     "MODEL.AUTOASSIGN.LOC_LAMBDA": (3.0, ["model.loc_lambda=3.0"]),
     "MODEL.AUTOASSIGN.USE_POS_WEIGHTS": (False, ["model.use_pos_weights=False"]),
@@ -142,7 +145,8 @@ def test_a_non_default_value_builds_the_same_model_in_both_systems(key):
     default_model = build_model_from_config(default_yacs)
     settings = module_settings(yacs_model), _constant_init(yacs_model)
     assert (module_settings(python_model), _constant_init(python_model)) == settings
-    assert settings != (module_settings(default_model), _constant_init(default_model))  # took effect
+    # the value took effect
+    assert settings != (module_settings(default_model), _constant_init(default_model))
 
 
 @pytest.mark.parametrize("key", sorted(BAD_VALUES))

@@ -33,7 +33,8 @@ TWINS = {
             "af_baseline_R_18_FPN_demo",
         ],
         "AutoAssign": [
-            "autoassign_R_50_FPN_1x", "autoassign_R_50_FPN_1x_cvpods", "autoassign_R_50_FPN_1x_mmdet",
+            "autoassign_R_50_FPN_1x", "autoassign_R_50_FPN_1x_cvpods",
+            "autoassign_R_50_FPN_1x_mmdet",
             "autoassign_R_18_FPN_demo",
         ],
         "demo": ["retinanet_R_18_FPN_demo"],

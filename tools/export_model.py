@@ -99,7 +99,8 @@ def get_parser() -> argparse.ArgumentParser:
         help="detections scoring at or below it need no counterpart (ONNX Runtime's Sigmoid)",
     )
     parser.add_argument(
-        "opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs (yacs) or path.key=value (Python configs)"
+        "opts", default=[], nargs=argparse.REMAINDER,
+        help="config overrides: KEY VALUE pairs (yacs) or path.key=value (Python configs)",
     )
     return parser
 
