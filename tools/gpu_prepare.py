@@ -63,7 +63,7 @@ WHEELS = {
 SOURCE_ONLY = {"fvcore", "antlr4-python3-runtime"}  # PyPI has no wheel: built here (pure Python)
 PB1_VERSION = "0.6"  # tools/setup_env.sh
 PB1_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
-# Distributions the GPU machine's image provides (issue #21: Python 3.12 with torch 2.11,
+# Distributions the GPU machine's image provides (Python 3.12 with torch 2.11,
 # torchvision 0.26, numpy 2, OpenCV, matplotlib, tensorboard, onnx, onnxruntime, and the usual
 # scientific stack): a wheel's requirement on one of these needs no wheel in the bundle.
 GPU_IMAGE_PROVIDES = {

@@ -5,7 +5,7 @@ The synchronisation count of one training iteration (``benchmarks/syncs.py``, wh
 alone (``SyncCounter(naive=True)``: every tensor taken as a device tensor, each
 ``repeat_interleave`` and boolean-indexed ``index_put`` once, ``F.one_hot``'s CPU-only reads
 counted), by source line, for the four models of the benchmark on the same batch. It explains
-the difference between the two, line by line (the independent count of issue 20 used the
+the difference between the two, line by line (a review's independent hand count used the
 second set of rules).
 
     .venv/bin/python benchmarks/experiments/reconcile_sync_counts.py [--images 2 --boxes 20]
