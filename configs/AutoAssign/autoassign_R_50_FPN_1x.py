@@ -7,11 +7,9 @@ from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
 from detectron2.model_zoo import get_config
 
-from anchor_free_app.engine import build_evaluator
-
+from ..common.data.coco_detection import dataloader
 from ..common.models.autoassign import model
 
-dataloader = get_config("common/data/coco.py").dataloader
 optimizer = get_config("common/optim.py").SGD
 # Detectron2's 1x: lr x0.1 at 60k and 80k of 90k, linear warm-up from 0.001 over 1000 (release).
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x
@@ -25,11 +23,7 @@ dataloader.train.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=(800,), sample_style="choice", max_size=1333),
     L(T.RandomFlip)(horizontal=True),
 ]
-dataloader.train.mapper.use_instance_mask = False
 dataloader.train.total_batch_size = 16  # 8 GPUs x 2 images
-dataloader.evaluator = L(build_evaluator)(
-    dataset_name="${..test.dataset.names}", output_dir="${train.output_dir}/inference"
-)
 
 optimizer.lr = 0.01  # SGD, momentum 0.9, weight decay 1e-4, none on norm layers; no clipping
 train.max_iter = 90000

@@ -9,11 +9,11 @@ from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
 from detectron2.model_zoo import get_config
 
-from anchor_free_app.engine import build_evaluator, full_model_clipped_optimizer
+from anchor_free_app.engine import full_model_clipped_optimizer
 
+from ..common.data.coco_detection import dataloader
 from ..common.models.pseudo_iou import model
 
-dataloader = get_config("common/data/coco.py").dataloader
 optimizer = get_config("common/optim.py").SGD
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x
 train = get_config("common/train.py").train
@@ -27,11 +27,7 @@ dataloader.train.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=(640, 800), sample_style="choice", max_size=1333),
     L(T.RandomFlip)(horizontal=True),
 ]
-dataloader.train.mapper.use_instance_mask = False
 dataloader.train.total_batch_size = 16  # 4 GPUs x 4 images (paper)
-dataloader.evaluator = L(build_evaluator)(
-    dataset_name="${..test.dataset.names}", output_dir="${train.output_dir}/inference"
-)
 
 # SGD lr 0.01, GroupNorm weights decay (mmdet norm_decay_mult = 1), biases at 2x lr without decay
 # (bias_lr_mult, bias_decay_mult); global gradient norm clipped at 35 (mmdet grad_clip).
