@@ -165,9 +165,14 @@ def load_config(
 
 
 def set_device(cfg: AnyConfig, device: str) -> None:
-    """Set the run's device (``MODEL.DEVICE`` / ``train.device``) in place (yacs: unfrozen)."""
+    """Set the run's device (``MODEL.DEVICE`` / ``train.device``) in place (a frozen yacs
+    config stays frozen)."""
     if isinstance(cfg, CfgNode):
+        frozen = cfg.is_frozen()
+        cfg.defrost()
         cfg.MODEL.DEVICE = device
+        if frozen:
+            cfg.freeze()
     else:
         cfg.train.device = device
 

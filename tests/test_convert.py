@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from common import REPO_ROOT
 
 from anchor_free_app.checkpoint import SafeDetectionCheckpointer
 from anchor_free_app.config import setup_cfg
@@ -218,8 +219,10 @@ def test_cli_writes_a_checkpoint_for_eval_only(tmp_path, capsys):
     _, cvpods_config = _fixture("cvpods_autoassign")
     cli_main(["--config-file", cvpods_config, os.path.join(folder, "source.pth"), str(tmp_path / "z.pth")])
     out = capsys.readouterr().out
-    assert "note: MODEL.PIXEL_MEAN is [103.53, 116.28, 123.675]" in out
-    assert "MODEL.AUTOASSIGN.SCORE_THRESH_ON is 'cls_obj'" in out
+    assert "note: MODEL.PIXEL_MEAN (Python config: model.pixel_mean) is [103.53, 116.28, 123.675]" \
+        in out
+    assert "SCORE_THRESH_ON (Python config: model.score_thresh_on) is 'cls_obj'" in out
+
     data = torch.load(dst, weights_only=True)
     assert data["source_format"] == "mmdet3-autoassign" and "center_prior.mu" in data["model"]
     with pytest.raises(SystemExit) as exc:
@@ -288,5 +291,24 @@ def test_checkpoint_with_objects_of_a_missing_framework_loads(tmp_path, monkeypa
 
 def test_mmdetection_post_processing_keys_are_checked():
     _, config = _fixture("mmdet3_autoassign")
-    with pytest.raises(ValueError, match=r"MODEL.AUTOASSIGN.SCORE_THRESH_ON \(Python config: model.score_thresh_on\) must be one of"):
+    message = r"SCORE_THRESH_ON \(Python config: model.score_thresh_on\) must be one of"
+    with pytest.raises(ValueError, match=message):
         build_model(_cfg(config, "MODEL.AUTOASSIGN.SCORE_THRESH_ON", "obj"))
+
+
+def test_a_python_config_checks_a_conversion_as_its_yacs_twin(tmp_path, capsys):
+    """Both systems build the full-size model: the reduced fixture's weights do not fit it, and
+    the check says so in the same words."""
+    folder, _ = _fixture("mmdet3_autoassign")
+    errors = []
+    for ext in ("yaml", "py"):
+        name = f"autoassign_R_50_FPN_1x_mmdet.{ext}"
+        config = os.path.join(REPO_ROOT, "configs", "AutoAssign", name)
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["--config-file", config, os.path.join(folder, "source.pth"),
+                      str(tmp_path / "x.pth")])  # fmt: skip
+        assert exc.value.code == 2
+        errors.append(capsys.readouterr().err)
+    assert "does not fit the model built from the config" in errors[0]
+    assert "checkpoint (4,) vs model (64,)" in errors[0]
+    assert errors[1] == errors[0]

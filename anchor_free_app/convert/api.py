@@ -1,5 +1,6 @@
 """Load a source checkpoint, convert its state dict, check it against the model of a config,
 save it as a Detectron2 checkpoint."""
+import copy
 import logging
 import os
 import pickle
@@ -123,34 +124,48 @@ def _shape_hint(converted: Mapping[str, Tensor], model_state: Mapping[str, Tenso
 
 #: settings of the config each source's model was evaluated with (its ``*_mmdet`` / ``*_cvpods``
 #: config): key -> value. A config that differs still loads the weights; the report notes it.
+# The inference settings each source model was evaluated with: yacs key -> (the model's
+# attribute, which is also its Python-config attribute ``model.<attribute>``, the source's value).
+_MMDET_MEAN = [102.9801, 115.9465, 122.7717]
 _SOURCE_SETTINGS = {
-    "mmdet2-pseudo-iou": {"MODEL.PIXEL_MEAN": [102.9801, 115.9465, 122.7717]},
+    "mmdet2-pseudo-iou": {
+        "MODEL.PIXEL_MEAN": ("pixel_mean", _MMDET_MEAN),
+        "MODEL.PSEUDO_IOU.TOPK_CANDIDATES_RULE": ("test_topk_candidates_rule", "mmdet2"),
+    },
     "mmdet3-autoassign": {
-        "MODEL.PIXEL_MEAN": [102.9801, 115.9465, 122.7717],
-        "MODEL.AUTOASSIGN.SCORE_THRESH_ON": "cls",
-        "MODEL.AUTOASSIGN.CLIP_BOXES_BEFORE_NMS": True,
+        "MODEL.PIXEL_MEAN": ("pixel_mean", _MMDET_MEAN),
+        "MODEL.AUTOASSIGN.SCORE_THRESH_ON": ("score_thresh_on", "cls"),
+        "MODEL.AUTOASSIGN.CLIP_BOXES_BEFORE_NMS": ("clip_boxes_before_nms", True),
+        "MODEL.AUTOASSIGN.TOPK_CANDIDATES_RULE": ("test_topk_candidates_rule", "mmdet3"),
     },
     "cvpods-autoassign": {
-        "MODEL.PIXEL_MEAN": [103.530, 116.280, 123.675],
-        "MODEL.AUTOASSIGN.SCORE_THRESH_ON": "cls_obj",
-        "MODEL.AUTOASSIGN.CLIP_BOXES_BEFORE_NMS": False,
+        "MODEL.PIXEL_MEAN": ("pixel_mean", [103.530, 116.280, 123.675]),
+        "MODEL.AUTOASSIGN.SCORE_THRESH_ON": ("score_thresh_on", "cls_obj"),
+        "MODEL.AUTOASSIGN.CLIP_BOXES_BEFORE_NMS": ("clip_boxes_before_nms", False),
+        "MODEL.AUTOASSIGN.TOPK_CANDIDATES_RULE": ("test_topk_candidates_rule", "cvpods"),
     },
 }
 
 
-def _config_notes(source: str, cfg) -> List[str]:
-    """The config values that differ from those the source model was evaluated with."""
+def _config_notes(source: str, model: torch.nn.Module) -> List[str]:
+    """The settings of the model a config built (either config system) that differ from those
+    the source model was evaluated with."""
     notes = []
-    for key, expected in _SOURCE_SETTINGS[source].items():
-        value = cfg
-        for part in key.split("."):
-            value = value[part]
+    for key, (attribute, expected) in _SOURCE_SETTINGS[source].items():
+        value = getattr(model, attribute)
+        if isinstance(value, torch.Tensor):
+            value = [round(v, 4) for v in value.flatten().tolist()]
         if isinstance(expected, list):
-            same = len(value) == len(expected) and all(abs(a - b) < 1e-4 for a, b in zip(value, expected))
+            same = len(value) == len(expected) and all(
+                abs(a - b) < 1e-4 for a, b in zip(value, expected)
+            )
         else:
             same = value == expected
         if not same:
-            notes.append(f"{key} is {value!r}; the {source} model was evaluated with {expected!r}")
+            notes.append(
+                f"{key} (Python config: model.{attribute}) is {value!r}; the {source} model was "
+                f"evaluated with {expected!r}"
+            )
     return notes
 
 
@@ -165,9 +180,10 @@ def convert_checkpoint(
     (``{"model": state_dict, "__author__": ..., "source_format": ...}``).
 
     Args:
-        cfg: a project config (``anchor_free_app.config.setup_cfg``); when given, its model is
-            built on the CPU and the converted dict must fill exactly its parameters and
-            buffers, with the same shapes (what the strict ``--eval-only`` loader requires).
+        cfg: a config of either system (``anchor_free_app.config.load_config``); when given,
+            its model is built on the CPU and the converted dict must fill exactly its
+            parameters and buffers, with the same shapes (what the strict ``--eval-only`` loader
+            requires).
     Returns:
         a report: source, number of keys converted, source keys dropped on purpose, and
         ``notes``: the config's inference settings that differ from the source's (pixel mean,
@@ -177,22 +193,22 @@ def convert_checkpoint(
     converted, dropped, source = convert_state_dict(state, source)
     notes: List[str] = []
     if cfg is not None:
-        from detectron2.modeling import build_model
+        from anchor_free_app.config import build_model_from_config, run_settings, set_device
 
         expected_arch = SOURCES[source][1]
-        if cfg.MODEL.META_ARCHITECTURE != expected_arch:
+        arch = run_settings(cfg).meta_architecture
+        if arch != expected_arch:
             raise CheckpointLayoutError(
                 f"{src} is a {source} checkpoint ({expected_arch}), but the config builds "
-                f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}"
+                f"MODEL.META_ARCHITECTURE={arch!r}"
             )
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.DEVICE = "cpu"
-        cfg.MODEL.WEIGHTS = ""
-        model_state = build_model(cfg).state_dict()
+        cfg = copy.deepcopy(cfg)
+        set_device(cfg, "cpu")
+        model = build_model_from_config(cfg)
+        model_state = model.state_dict()
         hint = _shape_hint(converted, model_state)
         check_against_model(converted, model_state, source, config_hint=hint)
-        notes = _config_notes(source, cfg)
+        notes = _config_notes(source, model)
         for note in notes:
             logger.warning(note)
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)

@@ -32,9 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--source", default="auto", choices=["auto", *SOURCES], help="source layout (default: detect)"
     )
     parser.add_argument(
-        "--config-file", default="", help="config of the target model, to check the result against"
+        "--config-file", default="",
+        help="config (yacs .yaml or Python .py) of the target model, to check the result against",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[],
+        help="config overrides: KEY VALUE (yacs) or path.key=value (Python configs)",
+    )  # fmt: skip
     return parser
 
 
@@ -43,10 +47,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = None
     if args.config_file:
-        from anchor_free_app.config import setup_cfg
+        from anchor_free_app.config import load_config
 
         # The check builds the model on the CPU (no GPU needed to convert).
-        cfg = setup_cfg(args.config_file, ["MODEL.DEVICE", "cpu", *args.opts])
+        cfg = load_config(args.config_file, args.opts, freeze=False, check_device=False)
     try:
         report = convert_checkpoint(args.input, args.output, args.source, cfg)
     except CheckpointLayoutError as exc:
