@@ -20,6 +20,7 @@ from detectron2.config import CfgNode
 from detectron2.config import CfgNode as CN
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.data import transforms as T
+from detectron2.modeling import build_model
 
 from .data import register_demo_shapes, register_demo_shapes_from_cfg
 from .device import PYTHON_DEVICE_KEY, YACS_DEVICE_KEY
@@ -181,8 +182,6 @@ def build_model_from_config(cfg: AnyConfig):
     """The model of either config, on its device (``MODEL.DEVICE`` / ``train.device``), with
     random weights (load them with a checkpointer)."""
     if isinstance(cfg, CfgNode):
-        from detectron2.modeling import build_model
-
         return build_model(cfg)
     return instantiate(cfg.model).to(cfg.train.device)
 
