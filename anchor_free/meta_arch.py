@@ -208,21 +208,29 @@ def build_backbone_for_head(
         the backbone and the ShapeSpec of each of ``in_features``.
     """
     backbone = build_backbone(cfg)
+    key = ConfigKey(config_key, "model.head_in_features")
+    _feature_strides(key, backbone, in_features)
+    shapes = backbone.output_shape()
+    return backbone, [shapes[f] for f in in_features]
+
+
+def _feature_strides(key: ConfigKey, backbone: Backbone, in_features: List[str]) -> List[int]:
+    """The strides of ``in_features`` (the head's ``key``), which must be backbone outputs from
+    the finest to the coarsest level."""
     shapes = backbone.output_shape()
     missing = [f for f in in_features if f not in shapes]
     if missing:
         raise ValueError(
-            f"{config_key}={list(in_features)} names {missing}, which the backbone "
-            f"{cfg.MODEL.BACKBONE.NAME} does not produce (it has {sorted(shapes)})"
+            f"{key}={list(in_features)} names {missing}, which the backbone "
+            f"{type(backbone).__name__} does not produce (it has {sorted(shapes)})"
         )
-    feature_shapes = [shapes[f] for f in in_features]
-    strides = [s.stride for s in feature_shapes]
+    strides = [shapes[f].stride for f in in_features]
     if strides != sorted(strides):
         raise ValueError(
-            f"{config_key}={list(in_features)} must go from the finest to the coarsest level, "
+            f"{key}={list(in_features)} must go from the finest to the coarsest level, "
             f"got strides {strides}"
         )
-    return backbone, feature_shapes
+    return strides
 
 
 def _check_levels(
@@ -238,19 +246,7 @@ def _check_levels(
     ``head_in_features`` are backbone outputs from the finest to the coarsest, the head has one
     level and the point generator one stride per feature, the backbone's stride.
     """
-    shapes = backbone.output_shape()
-    missing = [f for f in head_in_features if f not in shapes]
-    if missing:
-        raise ValueError(
-            f"{key}={list(head_in_features)} names {missing}, which the backbone "
-            f"{type(backbone).__name__} does not produce (it has {sorted(shapes)})"
-        )
-    strides = [shapes[f].stride for f in head_in_features]
-    if strides != sorted(strides):
-        raise ValueError(
-            f"{key}={list(head_in_features)} must go from the finest to the coarsest level, "
-            f"got strides {strides}"
-        )
+    strides = _feature_strides(key, backbone, head_in_features)
     num_head_levels = len(getattr(head, "scales", head_in_features))
     if num_head_levels != len(head_in_features):
         raise ValueError(

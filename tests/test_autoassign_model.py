@@ -66,7 +66,8 @@ def test_config_defaults_are_the_release():
          r"PRIOR_PROB \(Python config: model.head.prior_prob\) must be in \(0, 1\), got 0.0"),
         ("LOC_LAMBDA", -5.0,
          r"LOC_LAMBDA \(Python config: model.loc_lambda\) must be >= 0, got -5.0"),
-        ("IN_FEATURES", ["p3", "p9"], r"IN_FEATURES=\['p3', 'p9'\] names \['p9'\]"),
+        ("IN_FEATURES", ["p3", "p9"],
+         r"IN_FEATURES \(Python config: model.head_in_features\)=\['p3', 'p9'\] names \['p9'\]"),
     ],
 )
 def test_bad_config_values_name_key_and_value(key, value, message):
